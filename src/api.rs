@@ -1,0 +1,347 @@
+//! The JSON API: thin axum handlers, the app's extractors, and the one place where errors
+//! become HTTP responses.
+//!
+//! Handlers extract, call the service, and serialise. Every rejection, including a malformed
+//! body, has the shape `{"error":{"code","message"}}`. Must not touch sled, opendp or ring.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::domain::TokenRecord;
+use crate::policy::{Dimension, Label, Org};
+use crate::service::{NewTokenRequest, Principal, Service, ServiceError, TickRequest};
+
+/// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
+/// any policy's tags and nothing for abuse.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// An error response: status, stable snake_case code, and a sentence for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with the given parts.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The 404 for paths that do not exist.
+    pub fn not_found() -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "there is nothing at this address",
+        )
+    }
+
+    /// The 405 for a known path with the wrong method.
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this address does not take that method",
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError::*;
+        let (status, code) = match &e {
+            MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
+            InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            WrongRole { .. } => (StatusCode::FORBIDDEN, "wrong_role"),
+            WrongOrg(_) => (StatusCode::FORBIDDEN, "wrong_org"),
+            UnknownOrg(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_org"),
+            UnknownUnit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_unit"),
+            Tag(crate::policy::TagError::UnknownDimension(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_dimension")
+            }
+            Tag(crate::policy::TagError::UnknownValue { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_value")
+            }
+            Tag(crate::policy::TagError::MissingDimension(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "missing_dimension")
+            }
+            InvalidCount { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_count"),
+            InvalidPeriod(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_period"),
+            PeriodNotOpen { .. } => (StatusCode::CONFLICT, "period_not_open"),
+            OverCap { .. } => (StatusCode::TOO_MANY_REQUESTS, "tick_cap_exceeded"),
+            InvalidField { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
+            TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
+            LastAdmin => (StatusCode::CONFLICT, "last_admin_token"),
+            Store(_) | Auth(_) => {
+                // The detail may name internals; it goes to the operator's log, not the client.
+                tracing::error!(error = %e, "internal error");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "something went wrong on the server; nothing was changed, try again",
+                );
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        (self.status, body).into_response()
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s that name the offending field.
+pub struct AppJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is larger than the {BODY_LIMIT_BYTES} bytes allowed"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "the request body could not be read",
+                )
+            }
+        })?;
+        parse_json(&bytes).map(AppJson)
+    }
+}
+
+/// Parses a JSON body, mapping errors to 400 (not JSON) or 422 (JSON of the wrong shape) with
+/// the path of the offending field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let text = inner.to_string();
+        // serde_json appends " at line L column C"; the field path says more to a person.
+        let text = text.split(" at line ").next().unwrap_or(&text).to_string();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let code = if text.starts_with("unknown field") {
+                    "unknown_field"
+                } else if text.starts_with("missing field") {
+                    "missing_field"
+                } else {
+                    "invalid_type"
+                };
+                let message = if path == "." {
+                    text
+                } else {
+                    format!("{path}: {text}")
+                };
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {text}"),
+            ),
+        }
+    })?;
+    de.end().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body has text after the JSON value",
+        )
+    })?;
+    Ok(value)
+}
+
+impl FromRequestParts<Service> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, svc: &Service) -> Result<Self, ApiError> {
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => {
+                let v = v
+                    .to_str()
+                    .map_err(|_| ApiError::from(ServiceError::InvalidToken))?;
+                match v.split_once(' ') {
+                    Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => Some(t.trim()),
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_token",
+                            "the Authorization header must read `Bearer TOKEN`",
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(svc.authenticate(token)?)
+    }
+}
+
+/// `GET /healthz`: liveness.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Query of `GET /api/v1/policy`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LangQuery {
+    /// `nb` (default) or `en`.
+    #[serde(default)]
+    lang: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LabelledValue<'a> {
+    id: &'a str,
+    label: &'a str,
+    labels: &'a Label,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    sensitive: bool,
+}
+
+fn pick(label: &Label, en: bool) -> &str {
+    if en { &label.en } else { &label.nb }
+}
+
+fn dimension_json(d: &Dimension, en: bool) -> serde_json::Value {
+    let values: Vec<_> = d
+        .values
+        .iter()
+        .map(|v| LabelledValue {
+            id: &v.id,
+            label: pick(&v.label, en),
+            labels: &v.label,
+            group: v.group.as_deref(),
+            sensitive: v.sensitive,
+        })
+        .collect();
+    let groups: Vec<_> = d
+        .groups
+        .iter()
+        .map(|g| json!({"id": g.id, "label": pick(&g.label, en), "labels": g.label}))
+        .collect();
+    json!({"id": d.id, "label": pick(&d.label, en), "labels": d.label, "values": values, "groups": groups})
+}
+
+fn org_json(o: &Org) -> serde_json::Value {
+    json!({"id": o.id, "name": o.name, "service_level": o.service_level, "headcount": o.headcount(), "units": o.units})
+}
+
+/// `GET /api/v1/policy`: the taxonomy, organisations and caps (any role).
+pub async fn get_policy(
+    State(svc): State<Service>,
+    _who: Principal,
+    Query(q): Query<LangQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let en = match q.lang.as_deref() {
+        None | Some("nb") => false,
+        Some("en") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_lang",
+                format!("lang: `{other}` is not a language here; use nb or en"),
+            ));
+        }
+    };
+    let p = svc.policy();
+    Ok(Json(json!({
+        "name": p.name,
+        "period": p.granularity.as_str(),
+        "grace_days": p.grace_days,
+        "ticks": {
+            "max_count_per_request": p.max_count_per_request,
+            "max_per_supporter_per_period": p.max_ticks_per_supporter_period,
+        },
+        "privacy_unit": p.privacy.unit.as_str(),
+        "mechanism": p.privacy.mechanism.as_str(),
+        "orgs": p.orgs.iter().map(org_json).collect::<Vec<_>>(),
+        "dimensions": p.dimensions.iter().map(|d| dimension_json(d, en)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /api/v1/ticks`: a supporter logs contacts. Answers 201 only once the tick is on disk.
+pub async fn post_tick(
+    State(svc): State<Service>,
+    who: Principal,
+    AppJson(req): AppJson<TickRequest>,
+) -> Result<Response, ApiError> {
+    let accepted = svc.log_tick(&who, req).await?;
+    Ok((StatusCode::CREATED, Json(accepted)).into_response())
+}
+
+/// `POST /api/v1/tokens`: create a token (shown once).
+pub async fn post_token(
+    State(svc): State<Service>,
+    who: Principal,
+    AppJson(req): AppJson<NewTokenRequest>,
+) -> Result<Response, ApiError> {
+    let created = svc.create_token(&who, req)?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// `GET /api/v1/tokens`: the tokens the caller may manage, without their secrets.
+pub async fn get_tokens(
+    State(svc): State<Service>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tokens: Vec<TokenRecord> = svc.list_tokens(&who)?;
+    Ok(Json(json!({"tokens": tokens})))
+}
+
+/// `DELETE /api/v1/tokens/{id}`: revoke a token.
+pub async fn delete_token(
+    State(svc): State<Service>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    svc.revoke_token(&who, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/periods`: periods and their states.
+pub async fn get_periods(
+    State(svc): State<Service>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"periods": svc.periods(&who)?})))
+}

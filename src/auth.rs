@@ -1,0 +1,234 @@
+//! Secrets: bearer tokens, the supporter pseudonyms, and the Ed25519 release-signing key.
+//!
+//! The only module that imports `ring`. Tokens are 256 random bits, shown once and stored only
+//! as an HMAC under the server key, so a copy of the data directory without that key does not
+//! let anyone test a guessed token. Pseudonyms are HMACs of a token id under a secret drawn for
+//! each period and deleted with the period's raw data. Must not depend on storage or HTTP.
+
+use std::fmt;
+
+use data_encoding::{BASE64URL_NOPAD, HEXLOWER};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{self, Ed25519KeyPair, KeyPair};
+use thiserror::Error;
+
+/// Length in bytes of every secret this module draws (256 bits).
+pub const SECRET_LEN: usize = 32;
+
+/// The prefix of generated tokens, so a leaked one is recognisable by secret scanners.
+pub const TOKEN_PREFIX: &str = "tst_";
+
+/// Shortest operator-chosen admin token accepted from `TELLESTREK_ADMIN_TOKEN`.
+pub const MIN_CHOSEN_TOKEN_LEN: usize = 20;
+
+/// Failures of the operating system's random generator or of key material.
+#[derive(Debug, Error)]
+pub enum AuthError {
+    /// The system random generator failed (should not happen on a healthy machine).
+    #[error("the system random generator failed")]
+    Random,
+    /// Stored key material could not be parsed.
+    #[error("stored key material is invalid: {0}")]
+    BadKey(&'static str),
+}
+
+/// Draws `SECRET_LEN` bytes from the operating system's secure generator.
+pub fn random_secret() -> Result<[u8; SECRET_LEN], AuthError> {
+    let mut buf = [0u8; SECRET_LEN];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| AuthError::Random)?;
+    Ok(buf)
+}
+
+/// A random public identifier (64 bits, hex) for a token, used to list and revoke it.
+pub fn random_id() -> Result<String, AuthError> {
+    let mut buf = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| AuthError::Random)?;
+    Ok(HEXLOWER.encode(&buf))
+}
+
+/// A bearer token in clear text: exists only in the response that shows it once, and in the
+/// request that presents it. `Debug` prints nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A fresh token of 256 random bits.
+    pub fn generate() -> Result<Token, AuthError> {
+        Ok(Token(format!(
+            "{TOKEN_PREFIX}{}",
+            BASE64URL_NOPAD.encode(&random_secret()?)
+        )))
+    }
+
+    /// Wraps a presented or operator-chosen token.
+    pub fn from_presented(text: &str) -> Token {
+        Token(text.to_string())
+    }
+
+    /// The clear text, to show once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The server's HMAC key for token hashes. Kept in the data directory; `Debug` prints nothing.
+#[derive(Clone)]
+pub struct ServerKey(hmac::Key);
+
+impl ServerKey {
+    /// Builds the key from its stored bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ServerKey, AuthError> {
+        if bytes.len() != SECRET_LEN {
+            return Err(AuthError::BadKey("server key must be 32 bytes"));
+        }
+        Ok(ServerKey(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+
+    /// The stored form of a token: HMAC-SHA256 under the server key. Tokens are looked up by
+    /// this value; as the key is secret, lookup timing tells an attacker nothing about any
+    /// stored token, and a stolen hash cannot be checked against guesses without the key.
+    pub fn token_hash(&self, token: &Token) -> [u8; 32] {
+        let tag = hmac::sign(&self.0, token.0.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerKey(<redacted>)")
+    }
+}
+
+/// The secret of one period, from which supporter pseudonyms are derived. Deleted with the
+/// period's raw data, after which pseudonyms can no longer be linked to tokens.
+pub struct PeriodSecret(hmac::Key);
+
+impl PeriodSecret {
+    /// Builds the secret from its stored bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PeriodSecret, AuthError> {
+        if bytes.len() != SECRET_LEN {
+            return Err(AuthError::BadKey("period secret must be 32 bytes"));
+        }
+        Ok(PeriodSecret(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+
+    /// The keyed pseudonym of the supporter holding token `token_id` in this period.
+    pub fn pseudonym(&self, token_id: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.0, token_id.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for PeriodSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeriodSecret(<redacted>)")
+    }
+}
+
+/// The Ed25519 key that signs releases and exports.
+pub struct SigningKey(Ed25519KeyPair);
+
+impl SigningKey {
+    /// A new key pair, returned with its PKCS#8 document for storage.
+    pub fn generate() -> Result<(SigningKey, Vec<u8>), AuthError> {
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| AuthError::Random)?;
+        let key = SigningKey::from_pkcs8(doc.as_ref())?;
+        Ok((key, doc.as_ref().to_vec()))
+    }
+
+    /// Loads a stored PKCS#8 document.
+    pub fn from_pkcs8(bytes: &[u8]) -> Result<SigningKey, AuthError> {
+        Ed25519KeyPair::from_pkcs8(bytes)
+            .map(SigningKey)
+            .map_err(|_| AuthError::BadKey("signing key is not an Ed25519 PKCS#8 document"))
+    }
+
+    /// The public key, base64url without padding.
+    pub fn public_key(&self) -> String {
+        BASE64URL_NOPAD.encode(self.0.public_key().as_ref())
+    }
+
+    /// Signs `message`; the signature is base64url without padding.
+    pub fn sign(&self, message: &[u8]) -> String {
+        BASE64URL_NOPAD.encode(self.0.sign(message).as_ref())
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey(public {})", self.public_key())
+    }
+}
+
+/// Checks an Ed25519 signature (both base64url) over `message`, offline.
+pub fn verify_signature(public_key: &str, message: &[u8], signature: &str) -> bool {
+    let (Ok(pk), Ok(sig)) = (
+        BASE64URL_NOPAD.decode(public_key.trim().as_bytes()),
+        BASE64URL_NOPAD.decode(signature.trim().as_bytes()),
+    ) else {
+        return false;
+    };
+    signature::UnparsedPublicKey::new(&signature::ED25519, pk)
+        .verify(message, &sig)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_never_debug_printed() {
+        let a = Token::generate().unwrap();
+        let b = Token::generate().unwrap();
+        assert_ne!(a, b);
+        assert!(a.expose().starts_with(TOKEN_PREFIX));
+        assert_eq!(a.expose().len(), TOKEN_PREFIX.len() + 43);
+        assert!(!format!("{a:?}").contains(&a.expose()[4..]));
+    }
+
+    #[test]
+    fn token_hashes_depend_on_the_server_key() {
+        let t = Token::generate().unwrap();
+        let k1 = ServerKey::from_bytes(&random_secret().unwrap()).unwrap();
+        let k2 = ServerKey::from_bytes(&random_secret().unwrap()).unwrap();
+        assert_eq!(k1.token_hash(&t), k1.token_hash(&t));
+        assert_ne!(k1.token_hash(&t), k2.token_hash(&t));
+    }
+
+    #[test]
+    fn pseudonyms_change_with_the_period_secret() {
+        let s1 = PeriodSecret::from_bytes(&random_secret().unwrap()).unwrap();
+        let s2 = PeriodSecret::from_bytes(&random_secret().unwrap()).unwrap();
+        assert_eq!(s1.pseudonym("abc"), s1.pseudonym("abc"));
+        assert_ne!(s1.pseudonym("abc"), s2.pseudonym("abc"));
+        assert_ne!(s1.pseudonym("abc"), s1.pseudonym("abd"));
+    }
+
+    #[test]
+    fn signatures_verify_and_tampering_fails() {
+        let (key, pkcs8) = SigningKey::generate().unwrap();
+        let again = SigningKey::from_pkcs8(&pkcs8).unwrap();
+        assert_eq!(key.public_key(), again.public_key());
+        let sig = key.sign(b"release");
+        assert!(verify_signature(&key.public_key(), b"release", &sig));
+        assert!(!verify_signature(&key.public_key(), b"releasf", &sig));
+        assert!(!verify_signature(&key.public_key(), b"release", "AAAA"));
+    }
+}

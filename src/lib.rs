@@ -1,0 +1,31 @@
+//! Tellestrek: privacy-preserving usage statistics for peer-support schemes for health
+//! personnel (kollegastøtteordninger).
+//!
+//! Supporters log a coarse, tagged contact tick; the service keeps only counts and publishes
+//! them with differential-privacy noise. No conversation, timestamp or free text is stored.
+//!
+//! # Crate map
+//!
+//! Each layer imports only those to its right:
+//! `main/cli -> server -> api -> service -> policy, store, auth, clock -> domain`.
+//!
+//! | module | owns | must not depend on |
+//! | --- | --- | --- |
+//! | [`domain`] | periods, roles, cell keys, token records | axum, sled, opendp, ring, tokio |
+//! | [`policy`] | policy TOML: taxonomy, orgs, caps, release plan; validation | storage, HTTP, noise |
+//! | [`clock`] | the `Clock` trait; system and fixed clocks | everything else |
+//! | [`auth`] | tokens, pseudonyms, signing key (the only `ring` user) | storage, HTTP |
+//! | [`store`] | sled key layout, transactions, group-commit durability (the only `sled` user) | HTTP, noise |
+//! | [`service`] | use cases: authenticate, log tick, tokens, periods | axum |
+//! | [`api`] | JSON handlers, extractors, the one error-to-HTTP mapping | sled, opendp, ring |
+//! | [`server`] | router, `run` over a bound listener, shutdown | sled, opendp, ring |
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod domain;
+pub mod plan;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod store;

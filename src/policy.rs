@@ -1,0 +1,1139 @@
+//! The policy: taxonomy, organisations, periods, caps and the release plan, parsed from TOML and
+//! validated into typed form in one function ([`Policy::from_str`]).
+//!
+//! Raw serde structs (`Raw*`, `deny_unknown_fields`) mirror the file; [`Policy`] is what the rest
+//! of the service trusts. Every error names the file, the key and the problem. This module knows
+//! nothing of storage, HTTP or noise; `dp` turns the plan into accuracy figures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::domain::{Granularity, TagSet};
+
+/// The built-in default policy, compiled in so `serve` and `demo` work with no files at hand.
+pub const DEFAULT_POLICY: &str = include_str!("../policy/default.toml");
+
+/// The name under which the built-in policy is reported in messages.
+pub const DEFAULT_POLICY_NAME: &str = "policy/default.toml (built in)";
+
+/// A policy that could not be read or is not valid.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the policy: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped key.
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    /// A key has a value the service cannot work with.
+    #[error("{file}: `{key}`: {problem}")]
+    Invalid {
+        file: String,
+        key: String,
+        problem: String,
+    },
+}
+
+/// What one privacy unit is (DESIGN.md section 2, "Privacy unit").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyUnit {
+    /// One logged conversation; sensitivity 1 in every marginal.
+    Contact,
+    /// One supporter's ticks in a period, bounded by the per-supporter cap.
+    Supporter,
+}
+
+impl PrivacyUnit {
+    /// The name used in the policy and in releases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrivacyUnit::Contact => "contact",
+            PrivacyUnit::Supporter => "supporter",
+        }
+    }
+}
+
+/// The noise mechanism, and with it the privacy measure the budget is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    /// Discrete Laplace (geometric) noise; pure ε-DP; the budget is ε.
+    DiscreteLaplace,
+    /// Discrete Gaussian noise; ρ-zCDP; the budget is ρ.
+    DiscreteGaussian,
+}
+
+impl Mechanism {
+    /// The name used in the policy and in releases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::DiscreteLaplace => "discrete_laplace",
+            Mechanism::DiscreteGaussian => "discrete_gaussian",
+        }
+    }
+
+    /// The symbol of the privacy measure: `epsilon` or `rho`.
+    pub fn measure(self) -> &'static str {
+        match self {
+            Mechanism::DiscreteLaplace => "epsilon",
+            Mechanism::DiscreteGaussian => "rho",
+        }
+    }
+}
+
+/// A name in Norwegian bokmål (shown first) and English.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    /// Norwegian bokmål.
+    pub nb: String,
+    /// English.
+    pub en: String,
+}
+
+/// One allowed value of a tag dimension.
+#[derive(Debug, Clone, Serialize)]
+pub struct DimValue {
+    /// Stable id used in the API and the store (`[a-z0-9_-]`).
+    pub id: String,
+    /// What people see.
+    pub label: Label,
+    /// Id of the coarser group this value rolls up to for small units (e.g. `lege-psykolog`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Whether contacts with this value get stronger protection (more noise) in the marginals
+    /// that break it out; see [`Privacy::sensitive_noise_multiplier`].
+    pub sensitive: bool,
+}
+
+/// A rollup group of a dimension's values.
+#[derive(Debug, Clone, Serialize)]
+pub struct DimGroup {
+    /// Stable id.
+    pub id: String,
+    /// What people see.
+    pub label: Label,
+}
+
+/// A tag dimension: every tick carries exactly one value for each.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dimension {
+    /// Stable id used as the key in a tick's `tags`.
+    pub id: String,
+    /// What people see.
+    pub label: Label,
+    /// Allowed values, in display order.
+    pub values: Vec<DimValue>,
+    /// Rollup groups; empty if the dimension has none.
+    pub groups: Vec<DimGroup>,
+}
+
+impl Dimension {
+    /// The value with this id.
+    pub fn value(&self, id: &str) -> Option<&DimValue> {
+        self.values.iter().find(|v| v.id == id)
+    }
+}
+
+/// One unit (department, ward, service) of an organisation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unit {
+    /// Stable id.
+    pub id: String,
+    /// What people see.
+    pub name: String,
+    /// Employees, for uptake per 100 employees; a fact from HR, not from the data.
+    pub headcount: u32,
+}
+
+/// One organisation (health trust, municipality, association).
+#[derive(Debug, Clone, Serialize)]
+pub struct Org {
+    /// Stable id.
+    pub id: String,
+    /// What people see.
+    pub name: String,
+    /// Service level (`spesialist`, `kommunal` or `privat`) for equity views across orgs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_level: Option<String>,
+    /// Units, in display order.
+    pub units: Vec<Unit>,
+}
+
+impl Org {
+    /// The unit with this id.
+    pub fn unit(&self, id: &str) -> Option<&Unit> {
+        self.units.iter().find(|u| u.id == id)
+    }
+
+    /// Employees in the whole organisation.
+    pub fn headcount(&self) -> u32 {
+        self.units.iter().map(|u| u.headcount).sum()
+    }
+}
+
+/// One breakdown axis of a marginal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Axis {
+    /// The organisation's units.
+    Unit,
+    /// A tag dimension's values (index into [`Policy::dimensions`]).
+    Dim(usize),
+    /// A tag dimension's rollup groups (index into [`Policy::dimensions`]).
+    Group(usize),
+}
+
+/// What a marginal counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarginalKind {
+    /// Contacts, broken down by the axes (none: the organisation total).
+    Contacts(Vec<Axis>),
+    /// Supporters: active ones, and those at or above the load threshold.
+    SupporterLoad,
+}
+
+/// One released table (DESIGN.md section 2, "Release plan").
+#[derive(Debug, Clone)]
+pub struct Marginal {
+    /// Stable id (`total`, `unit`, `yrkesgruppe`, `load` ...).
+    pub id: String,
+    /// What it counts.
+    pub kind: MarginalKind,
+    /// The axis names as written in the policy (`unit`, a dimension id, or `dimension.group`).
+    pub axis_names: Vec<String>,
+    /// How often it is released; at least as coarse as the base period.
+    pub cadence: Granularity,
+    /// Its share of the budget, in (0, 1].
+    pub budget_share: f64,
+}
+
+/// The privacy parameters (DESIGN.md section 2).
+#[derive(Debug, Clone)]
+pub struct Privacy {
+    /// What one protected unit is; default `contact`.
+    pub unit: PrivacyUnit,
+    /// The noise mechanism; default discrete Laplace.
+    pub mechanism: Mechanism,
+    /// Under `contact`: the ε (or ρ) that protects one contact, summed over every release that
+    /// includes it. Under `supporter`: the ε (or ρ) that protects one supporter over a rolling
+    /// year. Default 2.0.
+    pub budget: f64,
+    /// Contacts per person the plain-language summary reports group privacy for; default 3.
+    pub typical_contacts_per_person: u32,
+    /// Cells of sensitive values get their noise scale multiplied by this (>= 1; default 1).
+    pub sensitive_noise_multiplier: f64,
+    /// Estimates below this many contacts are shown as "<N" (decided on noisy values only).
+    pub suppress_below: u32,
+}
+
+/// Thresholds the dashboard and alerts use (DOMAIN.md, "Thresholds").
+#[derive(Debug, Clone, Serialize)]
+pub struct Thresholds {
+    /// A supporter with at least this many contacts in a base period counts as loaded; default 4.
+    pub load_contacts_per_period: u32,
+    /// Quarters with no uptake before a unit is flagged; default 2.
+    pub no_uptake_quarters: u32,
+    /// Only units with at least this headcount are flagged for no uptake; default 50.
+    pub no_uptake_min_headcount: u32,
+    /// A period's count above baseline times this is a spike; default 2.0.
+    pub spike_ratio: f64,
+    /// Spikes are only judged where the baseline expects at least this many contacts; default 3.
+    pub spike_min_expected: f64,
+    /// Uptake per 100 employees per quarter below this is flagged as low; default 0.5.
+    pub low_uptake_per_100_per_quarter: f64,
+}
+
+/// A validated policy. Build with [`Policy::from_str`], [`Policy::from_path`] or
+/// [`Policy::builtin`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Where it came from, for messages.
+    pub source: String,
+    /// The scheme's name.
+    pub name: String,
+    /// Length of a base period (the unit of collection); default month.
+    pub granularity: Granularity,
+    /// Days after a period ends during which it still accepts ticks; default 7.
+    pub grace_days: u32,
+    /// Days raw cells are kept after the last release that needs them; default 30.
+    pub retention_days: u32,
+    /// Largest `count` one tick request may carry; default 10.
+    pub max_count_per_request: u32,
+    /// Largest number of contacts one supporter may log in one base period; default 40.
+    pub max_ticks_per_supporter_period: u32,
+    /// Privacy parameters.
+    pub privacy: Privacy,
+    /// The release plan.
+    pub marginals: Vec<Marginal>,
+    /// Alert thresholds.
+    pub thresholds: Thresholds,
+    /// Organisations.
+    pub orgs: Vec<Org>,
+    /// Tag dimensions.
+    pub dimensions: Vec<Dimension>,
+}
+
+// ----- raw form -----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: String,
+    period: RawPeriod,
+    ticks: RawTicks,
+    privacy: RawPrivacy,
+    #[serde(default)]
+    thresholds: RawThresholds,
+    #[serde(default)]
+    marginals: Vec<RawMarginal>,
+    orgs: Vec<RawOrg>,
+    dimensions: Vec<RawDimension>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeriod {
+    #[serde(default = "default_granularity")]
+    granularity: String,
+    #[serde(default = "default_grace_days")]
+    grace_days: u32,
+    #[serde(default = "default_retention_days")]
+    retention_days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTicks {
+    #[serde(default = "default_max_count")]
+    max_count_per_request: u32,
+    #[serde(default = "default_max_per_supporter")]
+    max_per_supporter_per_period: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    #[serde(default = "default_unit")]
+    unit: PrivacyUnit,
+    #[serde(default = "default_mechanism")]
+    mechanism: Mechanism,
+    #[serde(default = "default_budget")]
+    budget: f64,
+    #[serde(default = "default_typical_contacts")]
+    typical_contacts_per_person: u32,
+    #[serde(default = "one")]
+    sensitive_noise_multiplier: f64,
+    #[serde(default = "default_suppress_below")]
+    suppress_below: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThresholds {
+    #[serde(default = "default_load")]
+    load_contacts_per_period: u32,
+    #[serde(default = "default_no_uptake_quarters")]
+    no_uptake_quarters: u32,
+    #[serde(default = "default_no_uptake_headcount")]
+    no_uptake_min_headcount: u32,
+    #[serde(default = "default_spike_ratio")]
+    spike_ratio: f64,
+    #[serde(default = "default_spike_min_expected")]
+    spike_min_expected: f64,
+    #[serde(default = "default_low_uptake")]
+    low_uptake_per_100_per_quarter: f64,
+}
+
+impl Default for RawThresholds {
+    fn default() -> Self {
+        RawThresholds {
+            load_contacts_per_period: default_load(),
+            no_uptake_quarters: default_no_uptake_quarters(),
+            no_uptake_min_headcount: default_no_uptake_headcount(),
+            spike_ratio: default_spike_ratio(),
+            spike_min_expected: default_spike_min_expected(),
+            low_uptake_per_100_per_quarter: default_low_uptake(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMarginal {
+    id: String,
+    #[serde(default)]
+    kind: RawMarginalKind,
+    #[serde(default)]
+    dimensions: Vec<String>,
+    cadence: String,
+    budget_share: f64,
+}
+
+#[derive(Deserialize, Default, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum RawMarginalKind {
+    #[default]
+    Contacts,
+    SupporterLoad,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrg {
+    id: String,
+    name: String,
+    #[serde(default)]
+    service_level: Option<String>,
+    units: Vec<RawUnit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnit {
+    id: String,
+    name: String,
+    headcount: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDimension {
+    id: String,
+    label: Label,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+    values: Vec<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    id: String,
+    label: Label,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValue {
+    id: String,
+    label: Label,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    sensitive: bool,
+}
+
+fn default_granularity() -> String {
+    "month".into()
+}
+fn default_grace_days() -> u32 {
+    7
+}
+fn default_retention_days() -> u32 {
+    30
+}
+fn default_max_count() -> u32 {
+    10
+}
+fn default_max_per_supporter() -> u32 {
+    40
+}
+fn default_unit() -> PrivacyUnit {
+    PrivacyUnit::Contact
+}
+fn default_mechanism() -> Mechanism {
+    Mechanism::DiscreteLaplace
+}
+fn default_budget() -> f64 {
+    2.0
+}
+fn default_typical_contacts() -> u32 {
+    3
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_suppress_below() -> u32 {
+    3
+}
+fn default_load() -> u32 {
+    4
+}
+fn default_no_uptake_quarters() -> u32 {
+    2
+}
+fn default_no_uptake_headcount() -> u32 {
+    50
+}
+fn default_spike_ratio() -> f64 {
+    2.0
+}
+fn default_spike_min_expected() -> f64 {
+    3.0
+}
+fn default_low_uptake() -> f64 {
+    0.5
+}
+
+/// Service levels an organisation may declare.
+const SERVICE_LEVELS: [&str; 3] = ["spesialist", "kommunal", "privat"];
+
+// ----- validation ---------------------------------------------------------------------------
+
+struct Checker<'a> {
+    file: &'a str,
+}
+
+impl Checker<'_> {
+    fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            file: self.file.to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn id(&self, key: &str, id: &str) -> Result<(), PolicyError> {
+        let ok = !id.is_empty()
+            && id.len() <= 40
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && id.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(
+                key,
+                format!("`{id}` is not a valid id; use 1 to 40 characters a-z, 0-9, - or _, starting with a letter or digit"),
+            ))
+        }
+    }
+
+    fn text(&self, key: &str, text: &str) -> Result<(), PolicyError> {
+        if text.trim().is_empty() || text.len() > 200 {
+            Err(self.err(key, "must be between 1 and 200 characters"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn label(&self, key: &str, label: &Label) -> Result<(), PolicyError> {
+        self.text(&format!("{key}.nb"), &label.nb)?;
+        self.text(&format!("{key}.en"), &label.en)
+    }
+
+    fn unique<'b>(&self, key: &str, ids: impl Iterator<Item = &'b str>) -> Result<(), PolicyError> {
+        let mut seen = BTreeSet::new();
+        for id in ids {
+            if !seen.insert(id) {
+                return Err(self.err(key, format!("id `{id}` appears twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// The built-in default policy (`policy/default.toml`).
+    pub fn builtin() -> Policy {
+        // The default policy is checked by a unit test and cannot be edited at run time.
+        Policy::from_str(DEFAULT_POLICY_NAME, DEFAULT_POLICY).expect("built-in policy is valid")
+    }
+
+    /// Reads and validates a policy file.
+    pub fn from_path(path: &Path) -> Result<Policy, PolicyError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Policy::from_str(&file, &text)
+    }
+
+    /// Parses and validates policy text; `file` names it in error messages.
+    #[allow(clippy::should_implement_trait)] // needs the file name, which FromStr cannot take
+    pub fn from_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+            file: file.to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        validate(file, raw)
+    }
+
+    /// The organisation with this id.
+    pub fn org(&self, id: &str) -> Option<&Org> {
+        self.orgs.iter().find(|o| o.id == id)
+    }
+
+    /// The dimension with this id.
+    pub fn dimension(&self, id: &str) -> Option<&Dimension> {
+        self.dimensions.iter().find(|d| d.id == id)
+    }
+
+    /// The marginal with this id.
+    pub fn marginal(&self, id: &str) -> Option<&Marginal> {
+        self.marginals.iter().find(|m| m.id == id)
+    }
+
+    /// The ε (or ρ) one release of `m` spends for the privacy unit.
+    ///
+    /// Under `contact`, a contact is in exactly one release of each marginal, so a marginal's
+    /// share of the budget is spent in each of its releases. Under `supporter`, a supporter active
+    /// all year is in every release of the year, so the share is spread over them.
+    pub fn release_budget(&self, m: &Marginal) -> f64 {
+        let per = self.privacy.budget * m.budget_share;
+        match self.privacy.unit {
+            PrivacyUnit::Contact => per,
+            PrivacyUnit::Supporter => per / f64::from(m.cadence.per_year()),
+        }
+    }
+
+    /// The L1 (and L2) sensitivity of marginal `m`: how much one privacy unit can change it.
+    pub fn sensitivity(&self, m: &Marginal) -> u32 {
+        match (self.privacy.unit, &m.kind) {
+            // One contact moves one cell by one.
+            (PrivacyUnit::Contact, MarginalKind::Contacts(_)) => 1,
+            // One contact can make its supporter active and, if the threshold is 1, loaded too.
+            (PrivacyUnit::Contact, MarginalKind::SupporterLoad) => {
+                if self.thresholds.load_contacts_per_period <= 1 {
+                    2
+                } else {
+                    1
+                }
+            }
+            // One supporter's capped ticks over every base period the release covers.
+            (PrivacyUnit::Supporter, MarginalKind::Contacts(_)) => {
+                self.max_ticks_per_supporter_period
+                    * self.granularity.max_per(m.cadence).unwrap_or(1)
+            }
+            // One supporter is one active supporter and at most one loaded one.
+            (PrivacyUnit::Supporter, MarginalKind::SupporterLoad) => 2,
+        }
+    }
+
+    /// The ε (or ρ) that protects one contact (`contact` unit) or one supporter over a rolling
+    /// year (`supporter` unit), if the whole plan is released: the budget the shares add up to.
+    pub fn planned_spend(&self) -> f64 {
+        self.privacy.budget * self.marginals.iter().map(|m| m.budget_share).sum::<f64>()
+    }
+
+    /// Checks that `tags` has exactly one known value for each dimension; the error names the
+    /// first offending dimension or value.
+    pub fn check_tags(&self, tags: &TagSet) -> Result<(), TagError> {
+        for (dim, value) in tags {
+            let d = self
+                .dimension(dim)
+                .ok_or_else(|| TagError::UnknownDimension(dim.clone()))?;
+            if d.value(value).is_none() {
+                return Err(TagError::UnknownValue {
+                    dimension: dim.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+        if let Some(d) = self.dimensions.iter().find(|d| !tags.contains_key(&d.id)) {
+            return Err(TagError::MissingDimension(d.id.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Why a set of tags does not fit the taxonomy.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TagError {
+    /// A tag names a dimension the policy does not have.
+    #[error("tags.{0}: there is no dimension `{0}` in the policy")]
+    UnknownDimension(String),
+    /// A tag has a value its dimension does not allow.
+    #[error("tags.{dimension}: `{value}` is not a value of dimension `{dimension}`")]
+    UnknownValue { dimension: String, value: String },
+    /// A dimension has no tag.
+    #[error("tags.{0}: every tick needs a value for dimension `{0}`")]
+    MissingDimension(String),
+}
+
+fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
+    let c = Checker { file };
+    c.text("name", &raw.name)?;
+
+    let granularity: Granularity = raw
+        .period
+        .granularity
+        .parse()
+        .map_err(|e| c.err("period.granularity", e))?;
+    if granularity == Granularity::Year {
+        return Err(c.err(
+            "period.granularity",
+            "a base period of a year keeps raw data far too long; use week, month or quarter",
+        ));
+    }
+    if raw.period.grace_days > 31 {
+        return Err(c.err(
+            "period.grace_days",
+            format!("{} days is more than the 31 allowed", raw.period.grace_days),
+        ));
+    }
+    if raw.period.retention_days > 400 {
+        return Err(c.err("period.retention_days", format!("{} days is more than the 400 allowed; raw data is personal data and must be kept briefly", raw.period.retention_days)));
+    }
+    if raw.ticks.max_count_per_request == 0 || raw.ticks.max_count_per_request > 100 {
+        return Err(c.err("ticks.max_count_per_request", "must be between 1 and 100"));
+    }
+    if raw.ticks.max_per_supporter_per_period < raw.ticks.max_count_per_request
+        || raw.ticks.max_per_supporter_per_period > 10_000
+    {
+        return Err(c.err(
+            "ticks.max_per_supporter_per_period",
+            "must be at least ticks.max_count_per_request and at most 10000",
+        ));
+    }
+
+    let p = &raw.privacy;
+    if !(p.budget.is_finite() && p.budget > 0.0 && p.budget <= 20.0) {
+        return Err(c.err(
+            "privacy.budget",
+            format!(
+                "{} is not a budget; use a number above 0 and at most 20",
+                p.budget
+            ),
+        ));
+    }
+    if !(p.sensitive_noise_multiplier.is_finite()
+        && (1.0..=10.0).contains(&p.sensitive_noise_multiplier))
+    {
+        return Err(c.err(
+            "privacy.sensitive_noise_multiplier",
+            "must be between 1 and 10",
+        ));
+    }
+    if p.typical_contacts_per_person == 0 {
+        return Err(c.err("privacy.typical_contacts_per_person", "must be at least 1"));
+    }
+    let privacy = Privacy {
+        unit: p.unit,
+        mechanism: p.mechanism,
+        budget: p.budget,
+        typical_contacts_per_person: p.typical_contacts_per_person,
+        sensitive_noise_multiplier: p.sensitive_noise_multiplier,
+        suppress_below: p.suppress_below,
+    };
+
+    let t = &raw.thresholds;
+    if t.load_contacts_per_period == 0 {
+        return Err(c.err("thresholds.load_contacts_per_period", "must be at least 1"));
+    }
+    if !(t.spike_ratio.is_finite() && t.spike_ratio > 1.0) {
+        return Err(c.err("thresholds.spike_ratio", "must be above 1"));
+    }
+    if !(t.spike_min_expected.is_finite() && t.spike_min_expected >= 0.0) {
+        return Err(c.err("thresholds.spike_min_expected", "must be 0 or more"));
+    }
+    if !(t.low_uptake_per_100_per_quarter.is_finite() && t.low_uptake_per_100_per_quarter >= 0.0) {
+        return Err(c.err(
+            "thresholds.low_uptake_per_100_per_quarter",
+            "must be 0 or more",
+        ));
+    }
+    let thresholds = Thresholds {
+        load_contacts_per_period: t.load_contacts_per_period,
+        no_uptake_quarters: t.no_uptake_quarters,
+        no_uptake_min_headcount: t.no_uptake_min_headcount,
+        spike_ratio: t.spike_ratio,
+        spike_min_expected: t.spike_min_expected,
+        low_uptake_per_100_per_quarter: t.low_uptake_per_100_per_quarter,
+    };
+
+    if raw.orgs.is_empty() {
+        return Err(c.err("orgs", "the policy needs at least one organisation"));
+    }
+    c.unique("orgs", raw.orgs.iter().map(|o| o.id.as_str()))?;
+    let mut orgs = Vec::new();
+    for (i, o) in raw.orgs.into_iter().enumerate() {
+        let k = format!("orgs[{i}]");
+        c.id(&format!("{k}.id"), &o.id)?;
+        c.text(&format!("{k}.name"), &o.name)?;
+        if let Some(level) = o
+            .service_level
+            .as_deref()
+            .filter(|l| !SERVICE_LEVELS.contains(l))
+        {
+            return Err(c.err(
+                format!("{k}.service_level"),
+                format!("`{level}` is not a service level; use spesialist, kommunal or privat"),
+            ));
+        }
+        if o.units.is_empty() {
+            return Err(c.err(
+                format!("{k}.units"),
+                format!("organisation `{}` needs at least one unit", o.id),
+            ));
+        }
+        c.unique(&format!("{k}.units"), o.units.iter().map(|u| u.id.as_str()))?;
+        let mut units = Vec::new();
+        for (j, u) in o.units.into_iter().enumerate() {
+            let uk = format!("{k}.units[{j}]");
+            c.id(&format!("{uk}.id"), &u.id)?;
+            c.text(&format!("{uk}.name"), &u.name)?;
+            if u.headcount == 0 {
+                return Err(c.err(
+                    format!("{uk}.headcount"),
+                    format!("unit `{}` needs a headcount above 0", u.id),
+                ));
+            }
+            units.push(Unit {
+                id: u.id,
+                name: u.name,
+                headcount: u.headcount,
+            });
+        }
+        orgs.push(Org {
+            id: o.id,
+            name: o.name,
+            service_level: o.service_level,
+            units,
+        });
+    }
+
+    if raw.dimensions.is_empty() {
+        return Err(c.err("dimensions", "the policy needs at least one tag dimension"));
+    }
+    c.unique("dimensions", raw.dimensions.iter().map(|d| d.id.as_str()))?;
+    let mut dimensions = Vec::new();
+    for (i, d) in raw.dimensions.into_iter().enumerate() {
+        let k = format!("dimensions[{i}]");
+        c.id(&format!("{k}.id"), &d.id)?;
+        if d.id == "unit" || d.id == "org" || d.id == "period" {
+            return Err(c.err(format!("{k}.id"), format!("`{}` is reserved", d.id)));
+        }
+        c.label(&format!("{k}.label"), &d.label)?;
+        if d.values.len() < 2 {
+            return Err(c.err(
+                format!("{k}.values"),
+                format!("dimension `{}` needs at least two values", d.id),
+            ));
+        }
+        c.unique(
+            &format!("{k}.values"),
+            d.values.iter().map(|v| v.id.as_str()),
+        )?;
+        c.unique(
+            &format!("{k}.groups"),
+            d.groups.iter().map(|g| g.id.as_str()),
+        )?;
+        let mut groups = Vec::new();
+        for (j, g) in d.groups.into_iter().enumerate() {
+            c.id(&format!("{k}.groups[{j}].id"), &g.id)?;
+            c.label(&format!("{k}.groups[{j}].label"), &g.label)?;
+            groups.push(DimGroup {
+                id: g.id,
+                label: g.label,
+            });
+        }
+        let mut values = Vec::new();
+        for (j, v) in d.values.into_iter().enumerate() {
+            let vk = format!("{k}.values[{j}]");
+            c.id(&format!("{vk}.id"), &v.id)?;
+            c.label(&format!("{vk}.label"), &v.label)?;
+            match (&v.group, groups.is_empty()) {
+                (None, false) => {
+                    return Err(c.err(
+                        format!("{vk}.group"),
+                        format!(
+                            "dimension `{}` has groups, so value `{}` needs one",
+                            d.id, v.id
+                        ),
+                    ));
+                }
+                (Some(g), true) => {
+                    return Err(c.err(
+                        format!("{vk}.group"),
+                        format!("`{g}` is not a group; dimension `{}` declares none", d.id),
+                    ));
+                }
+                (Some(g), false) if !groups.iter().any(|x| &x.id == g) => {
+                    return Err(c.err(
+                        format!("{vk}.group"),
+                        format!("`{g}` is not a group of dimension `{}`", d.id),
+                    ));
+                }
+                _ => {}
+            }
+            values.push(DimValue {
+                id: v.id,
+                label: v.label,
+                group: v.group,
+                sensitive: v.sensitive,
+            });
+        }
+        dimensions.push(Dimension {
+            id: d.id,
+            label: d.label,
+            values,
+            groups,
+        });
+    }
+
+    c.unique("marginals", raw.marginals.iter().map(|m| m.id.as_str()))?;
+    let mut marginals = Vec::new();
+    for (i, m) in raw.marginals.into_iter().enumerate() {
+        let k = format!("marginals[{i}]");
+        c.id(&format!("{k}.id"), &m.id)?;
+        let cadence: Granularity = m
+            .cadence
+            .parse()
+            .map_err(|e| c.err(format!("{k}.cadence"), e))?;
+        if granularity.max_per(cadence).is_none() {
+            return Err(c.err(
+                format!("{k}.cadence"),
+                format!(
+                    "`{}` is finer than the base period `{}`",
+                    cadence.as_str(),
+                    granularity.as_str()
+                ),
+            ));
+        }
+        if !(m.budget_share.is_finite() && m.budget_share > 0.0 && m.budget_share <= 1.0) {
+            return Err(c.err(
+                format!("{k}.budget_share"),
+                format!(
+                    "{} is not a share; use a number above 0 and at most 1",
+                    m.budget_share
+                ),
+            ));
+        }
+        let kind = if m.kind == RawMarginalKind::SupporterLoad {
+            if !m.dimensions.is_empty() {
+                return Err(c.err(format!("{k}.dimensions"), "a supporter_load marginal has no breakdown: per-unit supporter counts would single people out"));
+            }
+            MarginalKind::SupporterLoad
+        } else {
+            let mut axes = Vec::new();
+            for (j, name) in m.dimensions.iter().enumerate() {
+                let ak = format!("{k}.dimensions[{j}]");
+                let axis = if name == "unit" {
+                    Axis::Unit
+                } else {
+                    let (dim, group) = match name.split_once('.') {
+                        Some((d, "group")) => (d, true),
+                        Some(_) => return Err(c.err(ak, format!("`{name}` is not a breakdown; use unit, a dimension id, or DIMENSION.group"))),
+                        None => (name.as_str(), false),
+                    };
+                    let idx = dimensions.iter().position(|d| d.id == dim).ok_or_else(|| {
+                        c.err(
+                            &ak,
+                            format!(
+                                "there is no dimension `{dim}`; known: unit, {}",
+                                dimensions
+                                    .iter()
+                                    .map(|d| d.id.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    })?;
+                    if group && dimensions[idx].groups.is_empty() {
+                        return Err(c.err(ak, format!("dimension `{dim}` has no groups")));
+                    }
+                    if group {
+                        Axis::Group(idx)
+                    } else {
+                        Axis::Dim(idx)
+                    }
+                };
+                if axes.contains(&axis) {
+                    return Err(c.err(format!("{k}.dimensions"), format!("`{name}` appears twice")));
+                }
+                axes.push(axis);
+            }
+            MarginalKind::Contacts(axes)
+        };
+        marginals.push(Marginal {
+            id: m.id,
+            kind,
+            axis_names: m.dimensions,
+            cadence,
+            budget_share: m.budget_share,
+        });
+    }
+    let share: f64 = marginals.iter().map(|m| m.budget_share).sum();
+    if share > 1.0 + 1e-9 {
+        return Err(c.err(
+            "marginals",
+            format!(
+                "the budget shares add up to {share:.3}, more than the whole budget; lower some budget_share so they sum to at most 1"
+            ),
+        ));
+    }
+
+    Ok(Policy {
+        source: file.to_string(),
+        name: raw.name,
+        granularity,
+        grace_days: raw.period.grace_days,
+        retention_days: raw.period.retention_days,
+        max_count_per_request: raw.ticks.max_count_per_request,
+        max_ticks_per_supporter_period: raw.ticks.max_per_supporter_per_period,
+        privacy,
+        marginals,
+        thresholds,
+        orgs,
+        dimensions,
+    })
+}
+
+/// The organisation-and-unit structure as a map, for quick membership checks.
+pub fn unit_index(policy: &Policy) -> BTreeMap<&str, BTreeSet<&str>> {
+    policy
+        .orgs
+        .iter()
+        .map(|o| {
+            (
+                o.id.as_str(),
+                o.units.iter().map(|u| u.id.as_str()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_policy_file_in_the_repository_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy");
+        let mut seen = 0;
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    Policy::from_path(&path).unwrap_or_else(|e| panic!("{e}"));
+                    seen += 1;
+                }
+            }
+        }
+        assert!(
+            seen >= 2,
+            "expected the default policy and at least one example"
+        );
+    }
+
+    #[test]
+    fn the_builtin_policy_has_the_domain_taxonomy() {
+        let p = Policy::builtin();
+        assert_eq!(p.granularity, Granularity::Month);
+        assert_eq!(p.privacy.unit, PrivacyUnit::Contact);
+        assert!(p.orgs.len() >= 2);
+        assert!(p.orgs[0].units.len() >= 8);
+        for d in [
+            "yrkesgruppe",
+            "utlosende_arsak",
+            "initiering",
+            "format",
+            "kanal",
+            "varighet",
+            "oppfolging",
+            "informert",
+            "henvist",
+        ] {
+            assert!(p.dimension(d).is_some(), "missing dimension {d}");
+        }
+        assert!(
+            (p.planned_spend() - p.privacy.budget).abs() < 1e-9
+                || p.planned_spend() < p.privacy.budget
+        );
+    }
+
+    fn with(replace: &str, by: &str) -> Result<Policy, PolicyError> {
+        assert!(
+            DEFAULT_POLICY.contains(replace),
+            "fixture text `{replace}` not in the default policy"
+        );
+        Policy::from_str("test.toml", &DEFAULT_POLICY.replacen(replace, by, 1))
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let cases = [
+            (
+                "granularity = \"month\"",
+                "granularity = \"fortnight\"",
+                "period.granularity",
+            ),
+            ("grace_days = 7", "grace_days = 60", "period.grace_days"),
+            ("budget = 2.0", "budget = -1.0", "privacy.budget"),
+            (
+                "id = \"akuttmottak\"",
+                "id = \"Akutt Mottak\"",
+                "orgs[0].units[0].id",
+            ),
+            ("id = \"akuttmottak\"", "id = \"intensiv\"", "orgs[0].units"),
+            ("headcount = 120", "headcount = 0", "headcount"),
+            (
+                "cadence = \"month\"",
+                "cadence = \"week\"",
+                "marginals[0].cadence",
+            ),
+            (
+                "dimensions = [\"unit\"]",
+                "dimensions = [\"ward\"]",
+                "marginals[1].dimensions[0]",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let e = with(from, to).unwrap_err().to_string();
+            assert!(e.starts_with("test.toml: "), "{e}");
+            assert!(e.contains(key), "expected key {key} in: {e}");
+        }
+        let e = with("name = \"", "colour = \"blue\"\nname = \"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_whose_budget_does_not_add_up_is_refused() {
+        let e = with("budget_share = 0.35", "budget_share = 0.95")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("marginals") && e.contains("add up"), "{e}");
+    }
+
+    #[test]
+    fn tags_are_checked_against_the_taxonomy() {
+        let p = Policy::builtin();
+        let mut tags: TagSet = p
+            .dimensions
+            .iter()
+            .map(|d| (d.id.clone(), d.values[0].id.clone()))
+            .collect();
+        assert_eq!(p.check_tags(&tags), Ok(()));
+        tags.insert("kanal".into(), "brevdue".into());
+        assert!(matches!(
+            p.check_tags(&tags),
+            Err(TagError::UnknownValue { .. })
+        ));
+        tags.remove("kanal");
+        assert_eq!(
+            p.check_tags(&tags),
+            Err(TagError::MissingDimension("kanal".into()))
+        );
+        tags.insert("humør".into(), "bra".into());
+        assert!(matches!(
+            p.check_tags(&tags),
+            Err(TagError::UnknownDimension(_))
+        ));
+    }
+}
