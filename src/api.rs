@@ -14,9 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::domain::TokenRecord;
+use crate::domain::{Release, TokenRecord};
 use crate::policy::{Dimension, Label, Org};
-use crate::service::{NewTokenRequest, Principal, Service, ServiceError, TickRequest};
+use crate::service::{NewTokenRequest, Principal, ReleaseFilter, Service, ServiceError, TickRequest};
 
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
 /// any policy's tags and nothing for abuse.
@@ -85,7 +85,11 @@ impl From<ServiceError> for ApiError {
             InvalidField { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
             TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
             LastAdmin => (StatusCode::CONFLICT, "last_admin_token"),
-            Store(_) | Auth(_) => {
+            NotReleasable { .. } => (StatusCode::CONFLICT, "period_not_releasable"),
+            BudgetExceeded { .. } => (StatusCode::CONFLICT, "budget_exceeded"),
+            UnknownFilter { field: "org", .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_org"),
+            UnknownFilter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_marginal"),
+            Store(_) | Auth(_) | Dp(_) => {
                 // The detail may name internals; it goes to the operator's log, not the client.
                 tracing::error!(error = %e, "internal error");
                 return ApiError::new(
@@ -186,6 +190,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     Ok(value)
+}
+
+/// A query string whose rejections are [`ApiError`]s (422 `invalid_query`, naming the field).
+pub struct AppQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(v)| AppQuery(v))
+            .map_err(|r| {
+                let text = r.body_text();
+                let text = text.trim_start_matches("Failed to deserialize query string: ");
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", format!("query: {text}"))
+            })
+    }
 }
 
 impl FromRequestParts<Service> for Principal {
@@ -344,4 +365,120 @@ pub async fn get_periods(
     who: Principal,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({"periods": svc.periods(&who)?})))
+}
+
+/// `POST /api/v1/periods/{period}/release`: release a closed period now (admin; idempotent).
+pub async fn post_release(State(svc): State<Service>, who: Principal, Path(period): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (state, releases) = svc.release_period(&who, &period).await?;
+    let ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
+    Ok(Json(json!({"period": period, "state": state, "releases": ids})))
+}
+
+/// Query of `GET /api/v1/releases`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseQuery {
+    #[serde(default)]
+    period: Option<String>,
+    #[serde(default)]
+    org: Option<String>,
+    #[serde(default)]
+    marginal: Option<String>,
+    /// `json` (default) or `csv`.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `GET /api/v1/releases`: signed releases in the caller's scope, as JSON or CSV.
+pub async fn get_releases(State(svc): State<Service>, who: Principal, AppQuery(q): AppQuery<ReleaseQuery>) -> Result<Response, ApiError> {
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_format", format!("format: `{other}` is not a format here; use json or csv")));
+        }
+    };
+    let filter = ReleaseFilter { period: q.period, org: q.org, marginal: q.marginal };
+    let releases = svc.releases(&who, &filter)?;
+    // Normen: who read or exported what (never ticks, never counts).
+    tracing::info!(token = %who.token_id, role = who.role.as_str(), period = ?filter.period, org = ?filter.org, marginal = ?filter.marginal, csv, releases = releases.len(), "releases read");
+    if csv {
+        let body = releases_csv(&releases).map_err(|e| {
+            tracing::error!(error = %e, "csv export failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on the server; try again")
+        })?;
+        let sig = svc.sign_bytes(body.as_bytes());
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"tellestrek-releases.csv\"".to_string()),
+                (header::HeaderName::from_static("x-tellestrek-signature"), sig),
+                (header::HeaderName::from_static("x-tellestrek-public-key"), svc.public_key()),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    Ok(Json(svc.signed_export(&releases)?).into_response())
+}
+
+/// One row per cell, metadata in columns, and a column per breakdown (empty where a release
+/// does not break down by it), so R and pandas read it as a tidy table.
+pub fn releases_csv(releases: &[Release]) -> Result<String, csv::Error> {
+    let mut axes: Vec<&str> = Vec::new();
+    for r in releases {
+        for d in &r.dimensions {
+            if !axes.contains(&d.as_str()) {
+                axes.push(d);
+            }
+        }
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut head = vec![
+        "release_id", "period", "period_start", "period_end", "org", "marginal", "kind", "dimensions", "noisy", "estimate", "ci_low", "ci_high",
+        "suppressed", "confidence", "mechanism", "privacy_unit", "epsilon", "rho", "scale", "sensitivity", "total_estimate",
+    ];
+    head.extend(axes.iter().copied());
+    w.write_record(&head)?;
+    for r in releases {
+        for c in &r.cells {
+            let mut row = vec![
+                r.id.clone(),
+                r.period.to_string(),
+                r.period.start().to_string(),
+                (r.period.end() - time::Duration::days(1)).to_string(),
+                r.org.clone(),
+                r.marginal.clone(),
+                r.kind.clone(),
+                r.dimensions.join("+"),
+                c.noisy.to_string(),
+                c.estimate.to_string(),
+                c.ci[0].to_string(),
+                c.ci[1].to_string(),
+                c.suppressed.to_string(),
+                r.confidence.to_string(),
+                r.mechanism.clone(),
+                r.privacy_unit.clone(),
+                r.epsilon.map(|v| v.to_string()).unwrap_or_default(),
+                r.rho.map(|v| v.to_string()).unwrap_or_default(),
+                r.scale.to_string(),
+                r.sensitivity.to_string(),
+                r.total_estimate.to_string(),
+            ];
+            row.extend(axes.iter().map(|a| c.key.get(*a).cloned().unwrap_or_default()));
+            w.write_record(&row)?;
+        }
+    }
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `GET /api/v1/budget`: the privacy ledger in the caller's scope.
+pub async fn get_budget(State(svc): State<Service>, who: Principal) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(svc.budget(&who)?))
+}
+
+/// `GET /api/v1/signing-key`: the public key exports are signed with (no token needed).
+pub async fn get_signing_key(State(svc): State<Service>) -> Json<serde_json::Value> {
+    Json(json!({"algorithm": "Ed25519", "public_key": svc.public_key(), "encoding": "base64url, no padding"}))
 }

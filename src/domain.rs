@@ -437,3 +437,80 @@ pub struct TokenRecord {
     /// The base period in which the token was created (no finer time is kept).
     pub created: Period,
 }
+
+/// One released cell: the noisy value as drawn, and the post-processed estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseCell {
+    /// The cell's coordinates: breakdown name to value id (empty for a total).
+    pub key: BTreeMap<String, String>,
+    /// The unbiased noisy count exactly as drawn (may be negative).
+    pub noisy: i64,
+    /// The post-processed count: non-negative, integer, consistent with the period's total.
+    pub estimate: u64,
+    /// 95% interval for the true count around `noisy`.
+    pub ci: [i64; 2],
+    /// Whether `estimate` is below the policy's display threshold (decided on noisy values).
+    pub suppressed: bool,
+}
+
+/// One immutable release: a marginal of one organisation for one period, drawn once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// `PERIOD/ORG/MARGINAL`.
+    pub id: String,
+    /// The release's period (its cadence: a month, quarter or year).
+    pub period: Period,
+    /// Organisation id.
+    pub org: String,
+    /// Marginal id from the policy (`total` for the organisation total).
+    pub marginal: String,
+    /// `contacts` or `supporter_load`.
+    pub kind: String,
+    /// The breakdowns, as named in the policy (`unit`, a dimension id, `dimension.group`).
+    pub dimensions: Vec<String>,
+    /// The base periods whose raw cells it counts.
+    pub covers: Vec<Period>,
+    /// `discrete_laplace` or `discrete_gaussian`.
+    pub mechanism: String,
+    /// `contact` or `supporter`.
+    pub privacy_unit: String,
+    /// ε spent, as OpenDP's privacy map returned it (discrete Laplace).
+    pub epsilon: Option<f64>,
+    /// ρ spent, as OpenDP's privacy map returned it (discrete Gaussian).
+    pub rho: Option<f64>,
+    /// The sensitivity the spend was computed for.
+    pub sensitivity: u32,
+    /// Noise scale of ordinary cells.
+    pub scale: f64,
+    /// Noise scale of cells of sensitive values, if any.
+    pub sensitive_scale: Option<f64>,
+    /// Confidence level of `ci` (0.95).
+    pub confidence: f64,
+    /// Estimates below this are suppressed for display.
+    pub suppress_below: u32,
+    /// The estimated organisation total every contacts marginal of this period sums to.
+    pub total_estimate: u64,
+    /// Sum of the cells' noise variances, for combining estimates later.
+    pub noise_variance: f64,
+    /// Every cell of the marginal's domain from the policy, zero cells included.
+    pub cells: Vec<ReleaseCell>,
+}
+
+/// One line of the privacy ledger, written in the same transaction as its release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The release it paid for.
+    pub release: String,
+    /// Organisation id.
+    pub org: String,
+    /// Marginal id.
+    pub marginal: String,
+    /// The release's period.
+    pub period: Period,
+    /// The base periods it covers.
+    pub covers: Vec<Period>,
+    /// `epsilon` or `rho`.
+    pub measure: String,
+    /// The amount spent, from OpenDP's privacy map.
+    pub spend: f64,
+}

@@ -23,9 +23,12 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod demo;
 pub mod domain;
+pub mod dp;
 pub mod plan;
 pub mod policy;
+pub mod release;
 pub mod server;
 pub mod service;
 pub mod store;

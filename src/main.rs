@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tellestrek::clock;
+use tellestrek::clock::{self, Clock};
 use tellestrek::policy::Policy;
 use tellestrek::server;
 use tellestrek::service::Service;
@@ -33,6 +33,25 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "TELLESTREK_LISTEN")]
         listen: SocketAddr,
+    },
+    /// Start a demo: a fresh data directory with 20 months of simulated, released history,
+    /// and a token for each role.
+    Demo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Keep the demo data in this directory (must not exist yet) instead of a temporary one.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Verify a saved signed export (JSON) offline; exit 1 if it was changed.
+    Verify {
+        /// The export file, as saved from GET /api/v1/releases.
+        export: PathBuf,
+        /// The public key (base64url) to trust, from GET /api/v1/signing-key; default the key
+        /// named in the file, which proves only that the file is intact.
+        #[arg(long)]
+        public_key: Option<String>,
     },
     /// Policy tools.
     Policy {
@@ -85,11 +104,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let policy = load_policy(policy.as_ref())?;
             serve(data, policy, listen)
         }
+        Command::Demo { listen, data } => demo(listen, data),
+        Command::Verify { export, public_key } => {
+            let text = std::fs::read_to_string(&export).with_context(|| format!("reading {}", export.display()))?;
+            match tellestrek::service::verify_export(&text, public_key.as_deref()) {
+                Ok(n) => {
+                    println!("OK: {} holds {n} releases signed by {}.", export.display(), public_key.as_deref().unwrap_or("the key named in the file"));
+                    if public_key.is_none() {
+                        println!("Pass --public-key (from GET /api/v1/signing-key) to check who signed it, not only that it is intact.");
+                    }
+                    Ok(())
+                }
+                Err(e) => anyhow::bail!("{}: NOT VERIFIED: {e}", export.display()),
+            }
+        }
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => {
             let policy = load_policy(file.as_ref())?;
-            print!("{}", tellestrek::plan::describe(&policy));
+            print!("{}", tellestrek::plan::describe(&policy)?);
             Ok(())
         }
     }
@@ -126,5 +159,45 @@ fn serve(data: PathBuf, policy: Policy, listen: SocketAddr) -> anyhow::Result<()
         server::run(listener, svc, server::shutdown_signal())
             .await
             .context("serving")
+    })
+}
+
+fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let now = match std::env::var(clock::NOW_ENV) {
+        Ok(v) if !v.trim().is_empty() => clock::FixedClock::parse(&v).map_err(anyhow::Error::msg)?.now(),
+        _ => time::OffsetDateTime::now_utc(),
+    };
+    // A temporary directory is removed when the demo ends; --data keeps it.
+    let (dir, _guard) = match data {
+        Some(d) => {
+            anyhow::ensure!(!d.exists(), "{} exists; the demo needs a fresh directory", d.display());
+            (d, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("tellestrek-demo-").tempdir().context("creating a temporary data directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!("Building the demo: {} months of simulated contacts, released with OpenDP noise...", tellestrek::demo::HISTORY_MONTHS);
+        let demo = tellestrek::demo::build(&dir, now).await.context("building the demo")?;
+        println!("Data directory: {}  ({} releases drawn, {} periods purged of raw data)\n", dir.display(), demo.report.drawn.len(), demo.report.purged.len());
+        println!("Released contacts per unit and quarter, Helse Vestfjord HF (noisy estimates):");
+        println!("{}", tellestrek::demo::unit_table(&demo.svc, "helse-vestfjord")?);
+        println!("The spike: {} after a serious event {} months ago. No uptake: {}.\n", tellestrek::demo::SPIKE_UNIT.1, tellestrek::demo::SPIKE_MONTHS_AGO, tellestrek::demo::SILENT_UNIT.1);
+        println!("Tokens, one per role (use as `Authorization: Bearer TOKEN`):");
+        for (role, org, token) in &demo.tokens {
+            let scope = org.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+            println!("  {:<24} {token}", format!("{role}{scope}"));
+        }
+        let researcher = demo.tokens.iter().find(|t| t.0 == "researcher").map(|t| t.2.clone()).unwrap_or_default();
+        println!("\nTry:\n  curl -H 'Authorization: Bearer {researcher}' 'http://{addr}/api/v1/releases?marginal=unit&org=helse-vestfjord'");
+        println!("  curl -H 'Authorization: Bearer {researcher}' 'http://{addr}/api/v1/releases?format=csv' -o releases.csv");
+        println!("  curl -H 'Authorization: Bearer {researcher}' http://{addr}/api/v1/budget\n");
+        println!("Tellestrek demo listening on http://{addr} (Ctrl-C to stop)");
+        server::run(listener, demo.svc, server::shutdown_signal()).await.context("serving")
     })
 }

@@ -5,11 +5,13 @@
 
 use std::fmt::Write;
 
+use crate::dp;
 use crate::policy::{MarginalKind, Policy, PrivacyUnit};
 
-/// The plan of `policy` as plain text: periods, caps, each marginal with its cadence and spend,
-/// and what protects one contact or supporter.
-pub fn describe(policy: &Policy) -> String {
+/// The plan of `policy` as plain text: periods, caps, each marginal with its cadence, spend and
+/// expected 95% error, and what protects one contact or supporter. Fails only if OpenDP cannot
+/// calibrate a marginal.
+pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
     let mut out = String::new();
     let p = policy;
     let measure = p.privacy.mechanism.measure();
@@ -41,44 +43,55 @@ pub fn describe(policy: &Policy) -> String {
         p.privacy.mechanism.as_str(),
         p.privacy.budget
     );
-    let _ = writeln!(out, "\nRelease plan:");
+    let _ = writeln!(out, "\nRelease plan (expected error: the true count is within ± this of the released noisy value, 95% of the time):");
     for m in &p.marginals {
-        let what = match &m.kind {
-            MarginalKind::Contacts(_) if m.axis_names.is_empty() => {
-                "contacts, organisation total".to_string()
-            }
-            MarginalKind::Contacts(_) => format!("contacts by {}", m.axis_names.join(" x ")),
-            MarginalKind::SupporterLoad => format!(
-                "supporter load (active supporter-periods, and those with {}+ contacts)",
-                p.thresholds.load_contacts_per_period
+        let cal = dp::calibrate(p.privacy.mechanism, p.sensitivity(m), p.release_budget(m), 1.0)?;
+        let (what, unit) = match &m.kind {
+            MarginalKind::Contacts(_) if m.axis_names.is_empty() => ("organisation total".to_string(), "contacts"),
+            MarginalKind::Contacts(_) => (format!("by {}", m.axis_names.join(" x ")), "contacts per cell"),
+            MarginalKind::SupporterLoad => (
+                format!("supporter load: active supporters, and those with {}+ contacts in a {}", p.thresholds.load_contacts_per_period, p.granularity.as_str()),
+                "supporter-periods",
             ),
         };
         let _ = writeln!(
             out,
-            "  {:<18} every {:<7} {measure} {:.3} per release, sensitivity {}: {what}",
+            "  {:<16} every {:<7} ±{:<4} {unit:<18} {measure} {:.3} per release (OpenDP), sensitivity {}; {what}",
             m.id,
             m.cadence.as_str(),
-            p.release_budget(m),
+            cal.ci_half_width,
+            cal.spend,
             p.sensitivity(m)
         );
+        let sensitive = matches!(&m.kind, MarginalKind::Contacts(axes) if axes.iter().any(|a| matches!(a, crate::policy::Axis::Dim(i) if p.dimensions[*i].values.iter().any(|v| v.sensitive))));
+        if sensitive && p.privacy.sensitive_noise_multiplier > 1.0 {
+            let s = dp::calibrate(p.privacy.mechanism, p.sensitivity(m), p.release_budget(m), p.privacy.sensitive_noise_multiplier)?;
+            let _ = writeln!(out, "  {:<16}               ±{:<4} for sensitive values ({measure} {:.3}: stronger protection)", "", s.ci_half_width, s.spend);
+        }
     }
     let spend = p.planned_spend();
     let _ = writeln!(out);
-    match p.privacy.unit {
-        PrivacyUnit::Contact => {
+    let k = p.privacy.typical_contacts_per_person;
+    match (p.privacy.unit, p.privacy.mechanism.measure()) {
+        (PrivacyUnit::Contact, "epsilon") => {
             let _ = writeln!(
                 out,
-                "One contact is protected at {measure} = {spend:.3} (the sum over every release that includes it); a person with {} conversations at {:.3}.",
-                p.privacy.typical_contacts_per_person,
-                spend * f64::from(p.privacy.typical_contacts_per_person)
+                "One contact is protected at epsilon = {spend:.3}: the sum over every release that includes it (disjoint periods compose in parallel); a person with {k} conversations at {:.3} (group privacy).",
+                spend * f64::from(k)
+            );
+            let _ = writeln!(
+                out,
+                "In plain words: whatever else is known, all releases together make it at most {:.1} times more (or less) likely that any one conversation was logged than if it had not been.",
+                spend.exp()
             );
         }
-        PrivacyUnit::Supporter => {
-            let _ = writeln!(
-                out,
-                "One supporter active all year is protected at {measure} = {spend:.3} per rolling year, whatever they log."
-            );
+        (PrivacyUnit::Contact, _) => {
+            let _ = writeln!(out, "One contact is protected at rho = {spend:.3} (zCDP), summed over every release that includes it; a person with {k} conversations at rho = {:.3}.", spend * f64::from(k * k));
+        }
+        (PrivacyUnit::Supporter, m) => {
+            let _ = writeln!(out, "One supporter active all year is protected at {m} = {spend:.3} per rolling year, whatever they log (their ticks are capped at {} per {}).", p.max_ticks_per_supporter_period, p.granularity.as_str());
+            let _ = writeln!(out, "In plain words: the releases of a year reveal almost nothing about whether any one supporter was active, or how much.");
         }
     }
-    out
+    Ok(out)
 }

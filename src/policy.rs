@@ -615,8 +615,10 @@ impl Policy {
                 self.max_ticks_per_supporter_period
                     * self.granularity.max_per(m.cadence).unwrap_or(1)
             }
-            // One supporter is one active supporter and at most one loaded one.
-            (PrivacyUnit::Supporter, MarginalKind::SupporterLoad) => 2,
+            // One supporter is one active and at most one loaded supporter in each base period.
+            (PrivacyUnit::Supporter, MarginalKind::SupporterLoad) => {
+                2 * self.granularity.max_per(m.cadence).unwrap_or(1)
+            }
         }
     }
 

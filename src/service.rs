@@ -4,18 +4,20 @@
 //! product; handlers only translate HTTP to these calls. Time comes from the injected
 //! [`Clock`]. Must not depend on axum or any HTTP type.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::{Date, Duration};
 
-use crate::auth::{self, AuthError, PeriodSecret, ServerKey, Token};
+use crate::auth::{self, AuthError, PeriodSecret, ServerKey, SigningKey, Token};
 use crate::clock::Clock;
-use crate::domain::{CellKey, Period, PeriodState, Role, TagSet, TokenRecord};
-use crate::policy::{Policy, TagError};
+use crate::domain::{CellKey, LedgerEntry, Period, PeriodState, Release, Role, TagSet, TokenRecord};
+use crate::dp::{DpError, NoiseSource, OpenDpNoise};
+use crate::policy::{Policy, PrivacyUnit, TagError};
+use crate::release::{self, BatchInput};
 use crate::store::{Store, StoreError, TickWrite};
 
 /// Why a use case refused or failed. Messages are lowercase sentences naming the offending
@@ -77,6 +79,18 @@ pub enum ServiceError {
     /// Refused because it would leave the service without an admin.
     #[error("this is the last admin token; create another admin token before revoking it")]
     LastAdmin,
+    /// The period cannot be released (yet).
+    #[error("period: {period} cannot be released; {why}")]
+    NotReleasable { period: Period, why: String },
+    /// Drawing a release would spend more than the policy's budget.
+    #[error("period: release {release} is refused: {detail}")]
+    BudgetExceeded { release: String, detail: String },
+    /// A filter names something the policy does not have.
+    #[error("{field}: there is no {field} `{value}` in the policy")]
+    UnknownFilter { field: &'static str, value: String },
+    /// OpenDP failed.
+    #[error(transparent)]
+    Dp(#[from] DpError),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -165,6 +179,35 @@ pub struct PeriodInfo {
     pub accepts_ticks_until: Date,
 }
 
+/// What one run of the lifecycle job did.
+#[derive(Debug, Default, Serialize)]
+pub struct LifecycleReport {
+    /// Ids of the releases drawn.
+    pub drawn: Vec<String>,
+    /// Batches refused: the first release id of the batch, and why.
+    pub refused: Vec<(String, String)>,
+    /// Base periods whose raw data was deleted.
+    pub purged: Vec<Period>,
+}
+
+/// Which releases a reader asks for.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseFilter {
+    /// Release period (`2026-11`, `2026-Q4`, `2026`).
+    #[serde(default)]
+    pub period: Option<String>,
+    /// Organisation id.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Marginal id.
+    #[serde(default)]
+    pub marginal: Option<String>,
+}
+
+/// The meta key of the first base period the service collected.
+const EPOCH_KEY: &str = "first_period";
+
 /// The use cases over one data directory and policy.
 #[derive(Clone)]
 pub struct Service {
@@ -172,6 +215,10 @@ pub struct Service {
     store: Store,
     clock: Arc<dyn Clock>,
     server_key: ServerKey,
+    signing: Arc<SigningKey>,
+    noise: Arc<dyn NoiseSource>,
+    /// Serialises the lifecycle job: one release drawn at a time, budgets read consistently.
+    release_lock: Arc<Mutex<()>>,
 }
 
 impl Service {
@@ -189,11 +236,21 @@ impl Service {
         let store = Store::open(dir)?;
         let (key, _) = store.meta_get_or_create("server_key", fresh_secret)?;
         let server_key = ServerKey::from_bytes(&key)?;
+        let (pkcs8, _) = store.meta_get_or_create("signing_key", || {
+            SigningKey::generate().map(|(_, doc)| doc).map_err(|e| StoreError::Secret(e.to_string()))
+        })?;
+        let signing = Arc::new(SigningKey::from_pkcs8(&pkcs8)?);
+        if store.meta_text(EPOCH_KEY)?.is_none() {
+            store.set_meta_text(EPOCH_KEY, &Period::containing(policy.granularity, clock.today()).to_string())?;
+        }
         let service = Service {
             policy: Arc::new(policy),
             store,
             clock,
             server_key,
+            signing,
+            noise: Arc::new(OpenDpNoise),
+            release_lock: Arc::new(Mutex::new(())),
         };
         let mut created = None;
         if service.store.tokens()?.is_empty() {
@@ -216,6 +273,12 @@ impl Service {
             created = Some(token);
         }
         Ok((service, created))
+    }
+
+    /// Replaces the noise source (tests use [`crate::dp::ZeroNoise`] to check exactly).
+    pub fn with_noise(mut self, noise: Arc<dyn NoiseSource>) -> Service {
+        self.noise = noise;
+        self
     }
 
     /// The policy in force.
@@ -272,7 +335,7 @@ impl Service {
             },
             other => ServiceError::Store(other),
         })?;
-        self.store.durable().await?;
+        self.store.durable_period(write.period).await?;
         Ok(TickAccepted {
             period: write.period,
             accepted: write.count,
@@ -367,30 +430,12 @@ impl Service {
         })
     }
 
-    /// Every period with data or a state, plus the ones open now; newest first.
+    /// Every base period since the service started collecting, newest first.
     pub fn periods(&self, who: &Principal) -> Result<Vec<PeriodInfo>, ServiceError> {
-        require(
-            who,
-            &[
-                Role::Admin,
-                Role::Coordinator,
-                Role::Leader,
-                Role::Researcher,
-            ],
-            "an admin, coordinator, leader or researcher token",
-        )?;
-        let today = self.clock.today();
-        let current = Period::containing(self.policy.granularity, today);
-        let mut set: BTreeSet<Period> = [current, current.prev()].into();
-        for name in self.store.known_periods()?.into_keys() {
-            if let Ok(p) = name.parse::<Period>() {
-                set.insert(p);
-            }
-        }
-        set.into_iter()
+        require(who, &[Role::Admin, Role::Coordinator, Role::Leader, Role::Researcher], "an admin, coordinator, leader or researcher token")?;
+        self.base_periods()?
+            .into_iter()
             .rev()
-            .filter(|p| p.granularity() == self.policy.granularity)
-            .filter(|p| p.start() <= today)
             .map(|p| {
                 Ok(PeriodInfo {
                     period: p,
@@ -401,6 +446,35 @@ impl Service {
                 })
             })
             .collect()
+    }
+
+    /// The first base period the service collected.
+    pub fn epoch(&self) -> Result<Period, ServiceError> {
+        let today = Period::containing(self.policy.granularity, self.clock.today());
+        Ok(self
+            .store
+            .meta_text(EPOCH_KEY)?
+            .and_then(|t| t.parse::<Period>().ok())
+            .filter(|p| p.granularity() == self.policy.granularity)
+            .unwrap_or(today))
+    }
+
+    /// Sets the first base period (the demo starts its simulated history there).
+    pub fn set_epoch(&self, period: Period) -> Result<(), ServiceError> {
+        self.store.set_meta_text(EPOCH_KEY, &period.to_string())?;
+        Ok(())
+    }
+
+    /// Base periods from the epoch up to the current one, oldest first.
+    pub fn base_periods(&self) -> Result<Vec<Period>, ServiceError> {
+        let current = Period::containing(self.policy.granularity, self.clock.today());
+        let mut p = self.epoch()?;
+        let mut out = Vec::new();
+        while p <= current {
+            out.push(p);
+            p = p.next();
+        }
+        Ok(out)
     }
 
     /// Creates a token. Admins create any; coordinators create supporter tokens (invites) for
@@ -528,6 +602,336 @@ impl Service {
         self.store.flush()?;
         Ok(())
     }
+}
+
+impl Service {
+    /// Runs the lifecycle job off the async threads: closes periods whose grace days are over,
+    /// draws every release that is due, and purges raw data past its retention.
+    pub async fn run_lifecycle(&self) -> Result<LifecycleReport, ServiceError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.lifecycle_blocking())
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("lifecycle job panicked: {e}")))?
+    }
+
+    /// Whether base period `b` no longer accepts ticks.
+    fn is_closed(&self, b: Period, today: Date) -> bool {
+        today > self.last_tick_day(b)
+    }
+
+    /// The lifecycle job; holds the release lock throughout.
+    pub fn lifecycle_blocking(&self) -> Result<LifecycleReport, ServiceError> {
+        let _guard = self.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let p = &*self.policy;
+        let today = self.clock.today();
+        let epoch = self.epoch()?;
+        let bases = self.base_periods()?;
+        let mut report = LifecycleReport::default();
+        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+            if self.store.period_state(b)?.is_none() {
+                self.store.set_period_state(b, PeriodState::Closed)?;
+            }
+        }
+        // Every (release period, cadence) that holds a base period, finer cadences first among
+        // those that end together, so a quarter can use the months inside it.
+        let mut due: BTreeSet<(Date, crate::domain::Granularity, Period)> = BTreeSet::new();
+        for m in &p.marginals {
+            for b in &bases {
+                let period = b.within(m.cadence);
+                let last = *release::base_periods_in(period, p.granularity).last().unwrap_or(b);
+                if self.is_closed(last, today) {
+                    due.insert((period.end(), m.cadence, period));
+                }
+            }
+        }
+        for (_, cadence, period) in due {
+            let covers: Vec<Period> = release::base_periods_in(period, p.granularity).into_iter().filter(|b| *b >= epoch).collect();
+            if covers.iter().any(|b| self.store.period_state(*b).ok().flatten() == Some(PeriodState::Purged)) {
+                continue;
+            }
+            for org in &p.orgs {
+                let missing: Vec<_> = p
+                    .marginals
+                    .iter()
+                    .filter(|m| m.cadence == cadence)
+                    .filter(|m| !matches!(self.store.release(&release::release_id(period, &org.id, &m.id)), Ok(Some(_))))
+                    .collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                match self.draw_and_commit(org, period, covers.clone(), missing) {
+                    Ok(ids) => report.drawn.extend(ids),
+                    Err(ServiceError::BudgetExceeded { release, detail }) => {
+                        tracing::warn!(release = %release, %detail, "release refused: over the privacy budget");
+                        report.refused.push((release, detail));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+            let state = self.store.period_state(b)?;
+            if state == Some(PeriodState::Closed) && self.releases_ending_with(b)?.iter().all(|(_, done)| *done) {
+                self.store.set_period_state(b, PeriodState::Released)?;
+            }
+            if self.store.period_state(b)? == Some(PeriodState::Released) && self.purge_due(b, today)? {
+                self.store.purge(b)?;
+                report.purged.push(b);
+            }
+        }
+        self.store.flush()?;
+        if !report.drawn.is_empty() || !report.purged.is_empty() {
+            tracing::info!(drawn = report.drawn.len(), purged = report.purged.len(), "lifecycle job ran");
+        }
+        Ok(report)
+    }
+
+    /// The releases (ids, and whether drawn) whose period ends with base period `b`.
+    fn releases_ending_with(&self, b: Period) -> Result<Vec<(String, bool)>, ServiceError> {
+        let p = &*self.policy;
+        let mut out = Vec::new();
+        for m in &p.marginals {
+            let period = b.within(m.cadence);
+            if release::base_periods_in(period, p.granularity).last() != Some(&b) {
+                continue;
+            }
+            for org in &p.orgs {
+                let id = release::release_id(period, &org.id, &m.id);
+                let done = self.store.release(&id)?.is_some();
+                out.push((id, done));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether base period `b`'s raw data may go: every release that counts it is drawn, and the
+    /// retention days after the last of them have passed.
+    fn purge_due(&self, b: Period, today: Date) -> Result<bool, ServiceError> {
+        let p = &*self.policy;
+        let mut last_needed = self.last_tick_day(b);
+        for m in &p.marginals {
+            let period = b.within(m.cadence);
+            for org in &p.orgs {
+                if self.store.release(&release::release_id(period, &org.id, &m.id))?.is_none() {
+                    return Ok(false);
+                }
+            }
+            if let Some(last) = release::base_periods_in(period, p.granularity).last() {
+                last_needed = last_needed.max(self.last_tick_day(*last));
+            }
+        }
+        Ok(today > last_needed + Duration::days(i64::from(p.retention_days)))
+    }
+
+    /// Draws one batch and writes it with its ledger entries, after the budget check.
+    fn draw_and_commit(&self, org: &crate::policy::Org, period: Period, covers: Vec<Period>, marginals: Vec<&crate::policy::Marginal>) -> Result<Vec<String>, ServiceError> {
+        let p = &*self.policy;
+        let mut raw = Vec::new();
+        let mut supporters = Vec::new();
+        for b in &covers {
+            raw.extend(self.store.cells_of(*b)?.into_iter().filter(|(c, _)| c.org == org.id));
+            supporters.extend(self.store.supporter_counts(*b, &org.id)?);
+        }
+        let cover_set: BTreeSet<Period> = covers.iter().copied().collect();
+        let finer: Vec<Release> = self
+            .store
+            .releases("")?
+            .into_iter()
+            .filter(|r| r.org == org.id && !r.covers.is_empty() && r.covers.iter().all(|c| cover_set.contains(c)))
+            .collect();
+        let input = BatchInput { policy: p, org, period, covers: covers.clone(), marginals, raw: &raw, supporters: &supporters, finer: &finer };
+        let batch = release::draw_batch(&input, &*self.noise)?;
+        self.check_budget(&org.id, period, &covers, &batch)?;
+        self.store.commit_releases(&batch)?;
+        Ok(batch.into_iter().map(|(r, _)| r.id).collect())
+    }
+
+    /// Refuses a batch that would take any covered base period (unit `contact`) or the rolling
+    /// year (unit `supporter`) over the budget.
+    fn check_budget(&self, org: &str, period: Period, covers: &[Period], batch: &[(Release, LedgerEntry)]) -> Result<(), ServiceError> {
+        let p = &*self.policy;
+        let ledger: Vec<LedgerEntry> = self.store.ledger()?.into_iter().filter(|e| e.org == org).collect();
+        let add: f64 = batch.iter().map(|(_, l)| l.spend).sum();
+        let spent = match p.privacy.unit {
+            PrivacyUnit::Contact => covers
+                .iter()
+                .map(|b| ledger.iter().filter(|e| e.covers.contains(b)).map(|e| e.spend).sum::<f64>())
+                .fold(0.0, f64::max),
+            PrivacyUnit::Supporter => {
+                let end = period.end();
+                let start = end - Duration::days(365);
+                ledger.iter().filter(|e| e.period.end() > start && e.period.end() <= end).map(|e| e.spend).sum()
+            }
+        };
+        if spent + add > p.privacy.budget * (1.0 + 1e-9) {
+            return Err(ServiceError::BudgetExceeded {
+                release: batch.first().map(|(r, _)| r.id.clone()).unwrap_or_default(),
+                detail: format!(
+                    "it would spend {} {add:.3} on top of {spent:.3} already spent, over the budget of {}",
+                    p.privacy.mechanism.measure(),
+                    p.privacy.budget
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases a closed base period on demand (admin). Idempotent: a period released before
+    /// returns the same releases and spends nothing.
+    pub async fn release_period(&self, who: &Principal, text: &str) -> Result<(PeriodState, Vec<Release>), ServiceError> {
+        require(who, &[Role::Admin], "an admin token")?;
+        let period: Period = text.parse().map_err(ServiceError::InvalidPeriod)?;
+        if period.granularity() != self.policy.granularity {
+            return Err(ServiceError::InvalidPeriod(format!("`{text}` is not a {} of this scheme", self.policy.granularity.as_str())));
+        }
+        if period < self.epoch()? {
+            return Err(ServiceError::NotReleasable { period, why: "it is before the service started collecting".into() });
+        }
+        if !self.is_closed(period, self.clock.today()) {
+            return Err(ServiceError::NotReleasable {
+                period,
+                why: format!("it accepts ticks until {}", self.last_tick_day(period)),
+            });
+        }
+        let report = self.run_lifecycle().await?;
+        let ending = self.releases_ending_with(period)?;
+        let mut out = Vec::new();
+        for (id, _) in ending {
+            match self.store.release(&id)? {
+                Some(r) => out.push(r),
+                None => {
+                    let detail = report
+                        .refused
+                        .iter()
+                        .find(|(r, _)| r.rsplit_once('/').map(|x| x.0) == id.rsplit_once('/').map(|x| x.0))
+                        .map(|(_, d)| d.clone())
+                        .unwrap_or_else(|| "it would go over the privacy budget".into());
+                    return Err(ServiceError::BudgetExceeded { release: id, detail });
+                }
+            }
+        }
+        Ok((self.period_state(period)?, out))
+    }
+
+    /// The organisation a reader is limited to, checked against a requested one.
+    fn read_scope(&self, who: &Principal, requested: Option<&str>) -> Result<Option<String>, ServiceError> {
+        require(who, &[Role::Admin, Role::Researcher, Role::Coordinator, Role::Leader], "an admin, researcher, coordinator or leader token")?;
+        if let Some(org) = requested {
+            if self.policy.org(org).is_none() {
+                return Err(ServiceError::UnknownFilter { field: "org", value: org.to_string() });
+            }
+        }
+        match (&who.org, who.role) {
+            (Some(own), Role::Coordinator | Role::Leader) => match requested {
+                Some(org) if org != own => Err(ServiceError::WrongOrg(org.to_string())),
+                _ => Ok(Some(own.clone())),
+            },
+            _ => Ok(requested.map(str::to_string)),
+        }
+    }
+
+    /// Stored releases the caller may read, filtered. Reads never draw noise.
+    pub fn releases(&self, who: &Principal, filter: &ReleaseFilter) -> Result<Vec<Release>, ServiceError> {
+        let org = self.read_scope(who, filter.org.as_deref())?;
+        let period = match &filter.period {
+            Some(t) => Some(t.parse::<Period>().map_err(ServiceError::InvalidPeriod)?),
+            None => None,
+        };
+        if let Some(m) = filter.marginal.as_deref().filter(|m| self.policy.marginal(m).is_none()) {
+            return Err(ServiceError::UnknownFilter { field: "marginal", value: m.to_string() });
+        }
+        let prefix = period.map(|p| format!("{p}/")).unwrap_or_default();
+        Ok(self
+            .store
+            .releases(&prefix)?
+            .into_iter()
+            .filter(|r| org.as_ref().is_none_or(|o| &r.org == o))
+            .filter(|r| filter.marginal.as_ref().is_none_or(|m| &r.marginal == m))
+            .collect())
+    }
+
+    /// The privacy ledger the caller may read, with what each organisation has spent.
+    pub fn budget(&self, who: &Principal) -> Result<serde_json::Value, ServiceError> {
+        let org = self.read_scope(who, None)?;
+        let p = &*self.policy;
+        let entries: Vec<LedgerEntry> = self.store.ledger()?.into_iter().filter(|e| org.as_ref().is_none_or(|o| &e.org == o)).collect();
+        let mut per_base: BTreeMap<(&str, Period), f64> = BTreeMap::new();
+        for e in &entries {
+            for b in &e.covers {
+                *per_base.entry((e.org.as_str(), *b)).or_default() += e.spend;
+            }
+        }
+        let mut orgs = Vec::new();
+        for o in p.orgs.iter().filter(|o| org.as_ref().is_none_or(|x| x == &o.id)) {
+            let periods: Vec<serde_json::Value> = per_base
+                .iter()
+                .filter(|((oid, _), _)| *oid == o.id)
+                .map(|((_, b), spent)| serde_json::json!({"period": b, "spent": spent}))
+                .collect();
+            orgs.push(serde_json::json!({"org": o.id, "periods": periods}));
+        }
+        Ok(serde_json::json!({
+            "measure": p.privacy.mechanism.measure(),
+            "privacy_unit": p.privacy.unit.as_str(),
+            "budget": p.privacy.budget,
+            "budget_applies_to": match p.privacy.unit {
+                PrivacyUnit::Contact => "each contact, summed over every release that includes it",
+                PrivacyUnit::Supporter => "each supporter, summed over the releases of a rolling year",
+            },
+            "orgs": orgs,
+            "entries": entries,
+        }))
+    }
+
+    /// The public half of the release-signing key (base64url Ed25519).
+    pub fn public_key(&self) -> String {
+        self.signing.public_key()
+    }
+
+    /// A signed export document: `{"releases": [...], "signature": {...}}`. The signature
+    /// covers the canonical JSON of the `releases` value (keys sorted, no spaces), so a saved
+    /// file can be checked offline with `tellestrek verify`.
+    pub fn signed_export(&self, releases: &[Release]) -> Result<serde_json::Value, ServiceError> {
+        let value = serde_json::to_value(releases).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let message = canonical_json(&value);
+        Ok(serde_json::json!({
+            "releases": value,
+            "signature": {
+                "algorithm": "Ed25519",
+                "public_key": self.signing.public_key(),
+                "signed": "canonical JSON of the releases value: keys sorted, no whitespace",
+                "value": self.signing.sign(message.as_bytes()),
+            }
+        }))
+    }
+
+    /// Signs arbitrary export bytes (the CSV form).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> String {
+        self.signing.sign(bytes)
+    }
+}
+
+/// The canonical text of a JSON value: serde_json's `Value` keeps object keys sorted, and
+/// compact output has no whitespace, so equal values give equal bytes.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+/// Checks a saved export offline: the signature over its `releases`, with `public_key` if
+/// given, else the key embedded in the file. Returns how many releases it holds.
+pub fn verify_export(text: &str, public_key: Option<&str>) -> Result<usize, String> {
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("the file is not JSON: {e}"))?;
+    let releases = doc.get("releases").ok_or("the file has no `releases`")?;
+    let sig = doc.get("signature").ok_or("the file has no `signature`")?;
+    let value = sig.get("value").and_then(|v| v.as_str()).ok_or("the signature has no `value`")?;
+    let key = match public_key {
+        Some(k) => k.to_string(),
+        None => sig.get("public_key").and_then(|v| v.as_str()).ok_or("the signature names no `public_key`")?.to_string(),
+    };
+    if !auth::verify_signature(&key, canonical_json(releases).as_bytes(), value) {
+        return Err("the signature does not match: the file was changed after it was signed, or signed by another key".into());
+    }
+    Ok(releases.as_array().map_or(0, |a| a.len()))
 }
 
 /// A new 256-bit secret for the store's get-or-create calls.

@@ -1,31 +1,38 @@
 //! Storage: the only module that imports `sled`. Key layout, transactions and durability.
 //!
-//! # Key layout
+//! # Layout
 //!
-//! Every key is built from policy ids, period names and random or keyed bytes; nothing a person
-//! typed and no time finer than the period is ever written.
+//! Raw data (counter cells, supporter counters, the pseudonym secret) of each base period lives
+//! in a sled database of its own under `raw/PERIOD/`, so that purging a period deletes its files
+//! outright: a log-structured store would otherwise keep deleted bytes in old segments. All
+//! else lives in the main database under `db/`. Every key is built from policy ids, period names
+//! and random or keyed bytes; nothing a person typed and no time finer than the period is
+//! ever written.
 //!
-//! | tree | key | value |
+//! | database / tree | key | value |
 //! | --- | --- | --- |
-//! | `meta` | `server_key`, `signing_key`, `schema` | 32 key bytes; Ed25519 PKCS#8; `1` |
-//! | `cells` | `PERIOD/ORG/UNIT/dim=value;dim=value…` (dimensions in id order) | count, u64 big-endian |
-//! | `load` | `PERIOD/ORG/` + 32-byte pseudonym | contacts this period, u32 big-endian |
-//! | `period_secrets` | `PERIOD` | 32 random bytes (pseudonym key of that period) |
-//! | `periods` | `PERIOD` | state name (`closed`, `released`, `purged`); open periods have none |
-//! | `tokens` | HMAC of the token under the server key (32 bytes) | token record, JSON |
-//! | `token_ids` | token id | the token's HMAC (32 bytes) |
+//! | `raw/P` `cells` | `PERIOD/ORG/UNIT/dim=value;dim=value…` (dimensions in id order) | count, u64 big-endian |
+//! | `raw/P` `load` | `PERIOD/ORG/` + 32-byte pseudonym | contacts this period, u32 big-endian |
+//! | `raw/P` default | `secret`; `closed` | 32 random bytes (pseudonym key); present once closed |
+//! | `db` `meta` | `server_key`, `signing_key`, `first_period`, `schema` | key bytes; PKCS#8; period; `1` |
+//! | `db` `periods` | `PERIOD` | state name (`closed`, `released`, `purged`); open periods have none |
+//! | `db` `tokens` | HMAC of the token under the server key (32 bytes) | token record, JSON |
+//! | `db` `token_ids` | token id | the token's HMAC (32 bytes) |
+//! | `db` `releases` | release id `PERIOD/ORG/MARGINAL` | the release, JSON (noisy values only) |
+//! | `db` `ledger` | release id | the privacy spend of that release, JSON |
 //!
 //! # Durability
 //!
-//! A tick is applied in one sled transaction over `cells`, `load` and `periods` (the period's
-//! state is read inside it, so a tick cannot slip past a concurrent close), then the caller
-//! awaits [`Store::durable`], which returns only after a `flush` (an fsync of sled's log) that
-//! started after the write. One background thread runs the flushes and lets every waiter that
-//! queued before a flush started share it (group commit).
+//! A tick is applied in one sled transaction over the period database's `cells`, `load` and
+//! default trees (the `closed` flag is read inside it, so a tick cannot slip past a concurrent
+//! close), then the caller awaits [`Store::durable`], which returns only after a `flush` (an
+//! fsync of sled's log) of that database that started after the write. One background thread
+//! runs the flushes and lets every waiter that queued before a flush started share it (group
+//! commit).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use sled::Transactional;
@@ -33,7 +40,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::domain::{CellKey, Period, PeriodState, TokenRecord};
+use crate::domain::{CellKey, LedgerEntry, Period, PeriodState, Release, TokenRecord};
 
 /// Storage failures and the rejections decided inside a transaction.
 #[derive(Debug, Error)]
@@ -41,6 +48,9 @@ pub enum StoreError {
     /// sled reported an I/O or corruption error.
     #[error("storage failure: {0}")]
     Sled(#[from] sled::Error),
+    /// A file operation outside sled failed (creating or deleting a period's directory).
+    #[error("storage failure: {0}")]
+    Io(#[from] std::io::Error),
     /// A stored value could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
@@ -53,24 +63,34 @@ pub enum StoreError {
     /// The tick would take the supporter over the period cap; `used` is what they had logged.
     #[error("over the per-supporter cap ({used} of {cap} used)")]
     OverCap { used: u32, cap: u32 },
+    /// A release with this id exists already (releases are drawn once).
+    #[error("release {0} exists already")]
+    AlreadyReleased(String),
     /// The period no longer accepts ticks.
     #[error("period is {}", .0.as_str())]
     PeriodNotOpen(PeriodState),
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// A flush request: which database (a period's raw one, or the main one), its handle, and who
+/// to tell.
+type Waiter = (Option<Period>, sled::Db, oneshot::Sender<Result<(), String>>);
 
-/// The data directory's sled database and its trees.
+/// Cache of each period database; raw data is small (a few thousand cells a period).
+const PERIOD_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The data directory: the main database and the raw databases of each period.
 #[derive(Clone)]
 pub struct Store {
+    raw_dir: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
-    cells: sled::Tree,
-    load: sled::Tree,
-    secrets: sled::Tree,
     periods: sled::Tree,
     tokens: sled::Tree,
     token_ids: sled::Tree,
+    releases: sled::Tree,
+    ledger: sled::Tree,
+    /// Open period databases; a period's is opened on first use and closed when purged.
+    raw: Arc<Mutex<BTreeMap<Period, sled::Db>>>,
     flusher: mpsc::Sender<Waiter>,
 }
 
@@ -90,58 +110,98 @@ pub struct TickWrite {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts its flush thread.
+    /// Opens (or creates) the data directory `dir` and starts the flush thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir.join("db"))
-            // Flushing is ours (group commit after each tick); sled's timer would only add I/O.
+            // Flushing is ours (after each write that must be durable); sled's timer would only
+            // add I/O.
             .flush_every_ms(None)
             .open()?;
+        let raw_dir = dir.join("raw");
+        std::fs::create_dir_all(&raw_dir)?;
         let (tx, rx) = mpsc::channel::<Waiter>();
-        let flush_db = db.clone();
         thread::Builder::new()
             .name("tellestrek-flush".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
-                    let result = flush_db.flush().map(|_| ()).map_err(|e| e.to_string());
-                    for w in waiters {
-                        let _ = w.send(result.clone());
+                    // One flush per database touched, shared by every waiter of this round.
+                    let mut done: BTreeMap<Option<Period>, Result<(), String>> = BTreeMap::new();
+                    for (which, db, tell) in waiters {
+                        let result = done
+                            .entry(which)
+                            .or_insert_with(|| db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                            .clone();
+                        let _ = tell.send(result);
                     }
                 }
-            })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the flush thread: {e}")))?;
+            })?;
         let store = Store {
+            raw_dir,
             meta: db.open_tree("meta")?,
-            cells: db.open_tree("cells")?,
-            load: db.open_tree("load")?,
-            secrets: db.open_tree("period_secrets")?,
             periods: db.open_tree("periods")?,
             tokens: db.open_tree("tokens")?,
             token_ids: db.open_tree("token_ids")?,
+            releases: db.open_tree("releases")?,
+            ledger: db.open_tree("ledger")?,
             db,
+            raw: Arc::new(Mutex::new(BTreeMap::new())),
             flusher: tx,
         };
-        store.meta.insert("schema", "1")?;
+        store.meta.insert("schema", "2")?;
         Ok(store)
     }
 
-    /// Waits until everything written before this call is on disk. Concurrent callers share
-    /// one flush.
+    fn raw_path(&self, period: Period) -> PathBuf {
+        self.raw_dir.join(period.to_string())
+    }
+
+    /// The raw database of `period`; `None` if it has none and `create` is false.
+    fn period_db(&self, period: Period, create: bool) -> Result<Option<sled::Db>, StoreError> {
+        let mut open = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = open.get(&period) {
+            return Ok(Some(db.clone()));
+        }
+        let path = self.raw_path(period);
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        let db = sled::Config::new().path(path).cache_capacity(PERIOD_CACHE_BYTES).flush_every_ms(None).open()?;
+        open.insert(period, db.clone());
+        Ok(Some(db))
+    }
+
+    /// Waits until everything written to `period`'s raw data before this call is on disk.
+    /// Concurrent callers share one flush.
+    pub async fn durable_period(&self, period: Period) -> Result<(), StoreError> {
+        match self.period_db(period, false)? {
+            Some(db) => self.durable_db(Some(period), db).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until everything written to the main database before this call is on disk.
     pub async fn durable(&self) -> Result<(), StoreError> {
+        self.durable_db(None, self.db.clone()).await
+    }
+
+    async fn durable_db(&self, which: Option<Period>, db: sled::Db) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.flusher
-            .send(tx)
-            .map_err(|_| StoreError::ShuttingDown)?;
+        self.flusher.send((which, db, tx)).map_err(|_| StoreError::ShuttingDown)?;
         rx.await
             .map_err(|_| StoreError::ShuttingDown)?
             .map_err(|e| StoreError::Corrupt(format!("flush failed: {e}")))
     }
 
-    /// Flushes synchronously (shutdown, CLI).
+    /// Flushes every open database synchronously (shutdown, CLI, management writes).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        let open: Vec<sled::Db> = self.raw.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for db in open {
+            db.flush()?;
+        }
         Ok(())
     }
 
@@ -152,20 +212,12 @@ impl Store {
         name: &str,
         make: impl FnOnce() -> Result<Vec<u8>, StoreError>,
     ) -> Result<(Vec<u8>, bool), StoreError> {
-        if let Some(v) = self.meta.get(name)? {
-            return Ok((v.to_vec(), false));
-        }
-        let fresh = make()?;
-        match self
-            .meta
-            .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))?
-        {
-            Ok(()) => {
-                self.flush()?;
-                Ok((fresh, true))
+        get_or_create(&self.meta, name, make).and_then(|(v, created)| {
+            if created {
+                self.db.flush()?;
             }
-            Err(cas) => Ok((cas.current.map(|v| v.to_vec()).unwrap_or_default(), false)),
-        }
+            Ok((v, created))
+        })
     }
 
     /// The pseudonym secret of `period`, drawn on first use.
@@ -174,82 +226,46 @@ impl Store {
         period: Period,
         make: impl FnOnce() -> Result<Vec<u8>, StoreError>,
     ) -> Result<Vec<u8>, StoreError> {
-        let key = period.to_string();
-        if let Some(v) = self.secrets.get(&key)? {
-            return Ok(v.to_vec());
-        }
-        let fresh = make()?;
-        match self
-            .secrets
-            .compare_and_swap(&key, None as Option<&[u8]>, Some(fresh.as_slice()))?
-        {
-            Ok(()) => Ok(fresh),
-            Err(cas) => cas
-                .current
-                .map(|v| v.to_vec())
-                .ok_or_else(|| StoreError::Corrupt(format!("period secret of {period} vanished"))),
-        }
+        let db = self.period_db(period, true)?.ok_or_else(|| StoreError::Corrupt(format!("no raw database for {period}")))?;
+        get_or_create(&db, "secret", make).map(|(v, _)| v)
     }
 
-    /// Applies a tick atomically: refuses it if the period is no longer open or the supporter
-    /// would pass the cap, else increments the cell and the supporter's counter. Returns the
+    /// Applies a tick atomically: refuses it if the period is closed or the supporter would
+    /// pass the cap, else increments the cell and the supporter's counter. Returns the
     /// supporter's contacts in the period after the tick. Not yet durable: await
-    /// [`Store::durable`] before acknowledging.
+    /// [`Store::durable_period`] before acknowledging.
     pub fn apply_tick(&self, w: &TickWrite) -> Result<u32, StoreError> {
-        let period_key = w.period.to_string();
+        let db = self.period_db(w.period, true)?.ok_or_else(|| StoreError::Corrupt(format!("no raw database for {}", w.period)))?;
+        let (cells, load) = (db.open_tree("cells")?, db.open_tree("load")?);
+        let flags: &sled::Tree = &db;
         let cell_key = encode_cell(&w.cell);
         let load_key = load_key(w.period, &w.cell.org, &w.pseudonym);
-        let result =
-            (&self.cells, &self.load, &self.periods).transaction(|(cells, load, periods)| {
-                if let Some(state) = periods.get(period_key.as_bytes())? {
-                    let state = decode_state(&state).unwrap_or(PeriodState::Closed);
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::PeriodNotOpen(state),
-                    ));
+        (&cells, &load, flags)
+            .transaction(|(cells, load, flags)| {
+                if flags.get(b"closed")?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::PeriodNotOpen(PeriodState::Closed)));
                 }
                 let used = load.get(&load_key)?.map(|v| be_u32(&v)).unwrap_or(0);
                 if u64::from(used) + u64::from(w.count) > u64::from(w.cap) {
-                    return Err(ConflictableTransactionError::Abort(StoreError::OverCap {
-                        used,
-                        cap: w.cap,
-                    }));
+                    return Err(ConflictableTransactionError::Abort(StoreError::OverCap { used, cap: w.cap }));
                 }
                 let cell = cells.get(&cell_key)?.map(|v| be_u64(&v)).unwrap_or(0);
-                cells.insert(
-                    cell_key.as_slice(),
-                    &(cell + u64::from(w.count)).to_be_bytes(),
-                )?;
+                cells.insert(cell_key.as_slice(), &(cell + u64::from(w.count)).to_be_bytes())?;
                 let now = used + w.count;
                 load.insert(load_key.as_slice(), &now.to_be_bytes())?;
                 Ok(now)
-            });
-        match result {
-            Ok(v) => Ok(v),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-        }
-    }
-
-    /// The supporter's contacts logged in `period` so far (their own remaining allowance).
-    pub fn supporter_used(
-        &self,
-        period: Period,
-        org: &str,
-        pseudonym: &[u8; 32],
-    ) -> Result<u32, StoreError> {
-        Ok(self
-            .load
-            .get(load_key(period, org, pseudonym))?
-            .map(|v| be_u32(&v))
-            .unwrap_or(0))
+            })
+            .map_err(tx_err)
     }
 
     /// Every raw cell of `period`. For the release job (and tests) only: raw counts never leave
     /// the process except as noisy releases.
     pub fn cells_of(&self, period: Period) -> Result<Vec<(CellKey, u64)>, StoreError> {
-        let prefix = format!("{period}/");
-        self.cells
-            .scan_prefix(prefix.as_bytes())
+        let Some(db) = self.period_db(period, false)? else {
+            return Ok(Vec::new());
+        };
+        db.open_tree("cells")?
+            .iter()
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((decode_cell(period, &k)?, be_u64(&v)))
@@ -260,64 +276,71 @@ impl Store {
     /// Every supporter's contact count in `period` for `org`, as a list without pseudonyms.
     /// For the release job's load indicator only.
     pub fn supporter_counts(&self, period: Period, org: &str) -> Result<Vec<u32>, StoreError> {
+        let Some(db) = self.period_db(period, false)? else {
+            return Ok(Vec::new());
+        };
         let prefix = format!("{period}/{org}/");
-        self.load
-            .scan_prefix(prefix.as_bytes())
-            .values()
-            .map(|v| Ok(be_u32(&v?)))
-            .collect()
+        db.open_tree("load")?.scan_prefix(prefix.as_bytes()).values().map(|v| Ok(be_u32(&v?))).collect()
     }
 
-    /// Every raw byte of the counting trees, for tests that prove a rejected request changed
-    /// nothing.
+    /// Every byte of the counting data (raw databases, period states, tokens), for tests that
+    /// prove a rejected request changed nothing.
     pub fn raw_snapshot(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
         let mut out = BTreeMap::new();
-        for (name, tree) in [
-            ("c", &self.cells),
-            ("l", &self.load),
-            ("p", &self.periods),
-            ("t", &self.tokens),
-        ] {
+        let mut put = |prefix: String, tree: &sled::Tree| -> Result<(), StoreError> {
             for kv in tree.iter() {
                 let (k, v) = kv?;
-                let mut key = name.as_bytes().to_vec();
+                let mut key = prefix.clone().into_bytes();
                 key.extend_from_slice(&k);
                 out.insert(key, v.to_vec());
+            }
+            Ok(())
+        };
+        put("periods:".into(), &self.periods)?;
+        put("tokens:".into(), &self.tokens)?;
+        for period in self.raw_periods()? {
+            if let Some(db) = self.period_db(period, false)? {
+                put(format!("{period}:flags:"), &db)?;
+                put(format!("{period}:cells:"), &db.open_tree("cells")?)?;
+                put(format!("{period}:load:"), &db.open_tree("load")?)?;
             }
         }
         Ok(out)
     }
 
-    /// Periods that have raw data, a secret or a recorded state, with that state if any.
-    pub fn known_periods(&self) -> Result<BTreeMap<String, Option<PeriodState>>, StoreError> {
-        let mut out = BTreeMap::new();
-        for k in self.secrets.iter().keys() {
-            out.insert(String::from_utf8_lossy(&k?).into_owned(), None);
+    /// Base periods that have raw data on disk.
+    pub fn raw_periods(&self) -> Result<Vec<Period>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.raw_dir)? {
+            if let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse::<Period>().ok()) {
+                out.push(p);
+            }
         }
-        for kv in self.periods.iter() {
-            let (k, v) = kv?;
-            out.insert(String::from_utf8_lossy(&k).into_owned(), decode_state(&v));
-        }
+        out.sort();
         Ok(out)
     }
 
     /// The recorded state of `period` (none while open).
     pub fn period_state(&self, period: Period) -> Result<Option<PeriodState>, StoreError> {
-        Ok(self
-            .periods
-            .get(period.to_string())?
-            .and_then(|v| decode_state(&v)))
+        Ok(self.periods.get(period.to_string())?.and_then(|v| decode_state(&v)))
     }
 
-    /// Records a state for `period`.
+    /// Records a state for `period`. Closing also sets the flag in its raw database, inside
+    /// which ticks check it, so no tick lands after the close.
     pub fn set_period_state(&self, period: Period, state: PeriodState) -> Result<(), StoreError> {
+        if state != PeriodState::Open {
+            if let Some(db) = self.period_db(period, false)? {
+                db.insert("closed", &[1u8])?;
+                db.flush()?;
+            }
+        }
         self.periods.insert(period.to_string(), state.as_str())?;
         Ok(())
     }
 
     /// Stores a new token record under its hash.
     pub fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = encode(record)?;
         (&self.tokens, &self.token_ids)
             .transaction(|(tokens, ids)| {
                 tokens.insert(&hash[..], json.as_slice())?;
@@ -329,22 +352,18 @@ impl Store {
 
     /// The token record stored under `hash`.
     pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        self.tokens.get(hash)?.map(|v| decode_token(&v)).transpose()
+        self.tokens.get(hash)?.map(|v| decode(&v, "token record")).transpose()
     }
 
     /// Every token record.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens
-            .iter()
-            .values()
-            .map(|v| decode_token(&v?))
-            .collect()
+        self.tokens.iter().values().map(|v| decode(&v?, "token record")).collect()
     }
 
     /// The token record with public id `id`.
     pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         match self.token_ids.get(id)? {
-            Some(hash) => self.tokens.get(hash)?.map(|v| decode_token(&v)).transpose(),
+            Some(hash) => self.tokens.get(hash)?.map(|v| decode(&v, "token record")).transpose(),
             None => Ok(None),
         }
     }
@@ -361,17 +380,90 @@ impl Store {
             })
             .map_err(tx_err)
     }
-}
 
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
+    /// Writes releases and their ledger entries in one transaction, refusing the whole batch
+    /// if any of its releases exists already; then flushes. Releases are never overwritten.
+    pub fn commit_releases(&self, batch: &[(Release, LedgerEntry)]) -> Result<(), StoreError> {
+        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> =
+            batch.iter().map(|(r, l)| Ok((r.id.clone(), encode(r)?, encode(l)?))).collect::<Result<_, StoreError>>()?;
+        (&self.releases, &self.ledger)
+            .transaction(|(releases, ledger)| {
+                for (id, r, l) in &encoded {
+                    if releases.get(id.as_bytes())?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(StoreError::AlreadyReleased(id.clone())));
+                    }
+                    releases.insert(id.as_bytes(), r.as_slice())?;
+                    ledger.insert(id.as_bytes(), l.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The release with this id.
+    pub fn release(&self, id: &str) -> Result<Option<Release>, StoreError> {
+        self.releases.get(id)?.map(|v| decode(&v, "release")).transpose()
+    }
+
+    /// Every release whose id starts with `prefix` (a period, or `PERIOD/ORG/`), in id order.
+    pub fn releases(&self, prefix: &str) -> Result<Vec<Release>, StoreError> {
+        self.releases.scan_prefix(prefix).values().map(|v| decode(&v?, "release")).collect()
+    }
+
+    /// Every ledger entry.
+    pub fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.ledger.iter().values().map(|v| decode(&v?, "ledger entry")).collect()
+    }
+
+    /// Deletes a base period's raw database (cells, supporter counters, pseudonym secret) from
+    /// disk, and records the period as purged. Releases are kept.
+    pub fn purge(&self, period: Period) -> Result<(), StoreError> {
+        let db = self.raw.lock().unwrap_or_else(|p| p.into_inner()).remove(&period);
+        if let Some(db) = db {
+            db.flush()?;
+            drop(db);
+        }
+        let path = self.raw_path(period);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        self.periods.insert(period.to_string(), PeriodState::Purged.as_str())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A small text value in `meta` (the first period the service collected, for instance).
+    pub fn meta_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.meta.get(name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets a small text value in `meta`.
+    pub fn set_meta_text(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.meta.insert(name, value.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 
-fn decode_token(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("token record: {e}")))
+/// Get-or-create of one key, safe under concurrency (compare-and-swap).
+fn get_or_create(
+    tree: &sled::Tree,
+    key: &str,
+    make: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+) -> Result<(Vec<u8>, bool), StoreError> {
+    if let Some(v) = tree.get(key)? {
+        return Ok((v.to_vec(), false));
+    }
+    let fresh = make()?;
+    match tree.compare_and_swap(key, None as Option<&[u8]>, Some(fresh.as_slice()))? {
+        Ok(()) => Ok((fresh, true)),
+        Err(cas) => cas
+            .current
+            .map(|v| (v.to_vec(), false))
+            .ok_or_else(|| StoreError::Corrupt(format!("{key} vanished"))),
+    }
 }
 
 fn decode_state(bytes: &[u8]) -> Option<PeriodState> {
@@ -381,6 +473,13 @@ fn decode_state(bytes: &[u8]) -> Option<PeriodState> {
         b"released" => Some(PeriodState::Released),
         b"purged" => Some(PeriodState::Purged),
         _ => None,
+    }
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
     }
 }
 
@@ -408,6 +507,14 @@ fn load_key(period: Period, org: &str, pseudonym: &[u8; 32]) -> Vec<u8> {
 pub fn encode_cell(c: &CellKey) -> Vec<u8> {
     let tags: Vec<String> = c.tags.iter().map(|(d, v)| format!("{d}={v}")).collect();
     format!("{}/{}/{}/{}", c.period, c.org, c.unit, tags.join(";")).into_bytes()
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 fn decode_cell(period: Period, key: &[u8]) -> Result<CellKey, StoreError> {
@@ -473,7 +580,7 @@ mod tests {
             cap: 5,
         };
         assert_eq!(store.apply_tick(&w).unwrap(), 3);
-        store.durable().await.unwrap();
+        store.durable_period(w.period).await.unwrap();
         assert!(matches!(
             store.apply_tick(&w),
             Err(StoreError::OverCap { used: 3, cap: 5 })

@@ -1,0 +1,185 @@
+//! The demo: a fresh data directory with a simulated history, released, for a newcomer to
+//! look at. Rates follow DOMAIN.md (1–5 contacts per 100 employees a year); one unit has a
+//! spike after a serious event, and one unit has no uptake at all.
+//!
+//! The simulation goes through the real use cases (tick validation, caps, the lifecycle job
+//! with OpenDP noise); only its random choices come from a seeded generator, never the noise.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Poisson};
+use time::{Duration, OffsetDateTime};
+
+use crate::clock::FixedClock;
+use crate::domain::{Granularity, Period, TagSet};
+use crate::service::{LifecycleReport, NewTokenRequest, Principal, Service, ServiceError, TickRequest};
+
+/// Months of simulated history before the current one.
+pub const HISTORY_MONTHS: u32 = 20;
+/// The unit with the spike, and how many months before now it happened.
+pub const SPIKE_UNIT: (&str, &str) = ("helse-vestfjord", "intensiv");
+/// Months before the current one in which the serious event happened.
+pub const SPIKE_MONTHS_AGO: u32 = 8;
+/// Extra contacts after the serious event.
+pub const SPIKE_CONTACTS: u32 = 24;
+/// The unit with no uptake.
+pub const SILENT_UNIT: (&str, &str) = ("helse-vestfjord", "laboratorium");
+
+/// Contacts per 100 employees per year, by organisation.
+fn yearly_rate(org: &str) -> f64 {
+    if org == "vikafjord-kommune" { 2.5 } else { 4.0 }
+}
+
+/// A tag value drawn with weights (the first values are the common ones).
+fn pick(rng: &mut StdRng, ids: &[&str], weights: &[f64]) -> String {
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.random::<f64>() * total;
+    for (id, w) in ids.iter().zip(weights) {
+        if x < *w {
+            return id.to_string();
+        }
+        x -= w;
+    }
+    ids[ids.len() - 1].to_string()
+}
+
+/// Tags for one simulated contact; `serious` for contacts after the serious event.
+fn tags(svc: &Service, rng: &mut StdRng, serious: bool) -> TagSet {
+    let p = svc.policy();
+    let mut t = TagSet::new();
+    for d in &p.dimensions {
+        let ids: Vec<&str> = d.values.iter().map(|v| v.id.as_str()).collect();
+        let v = match (d.id.as_str(), serious) {
+            ("utlosende_arsak", true) => pick(rng, &["alvorlig-hendelse", "uventet-dodsfall"], &[3.0, 1.0]),
+            ("initiering", true) => pick(rng, &["oppsokende", "leder-initiert", "selvhenvendt"], &[4.0, 2.0, 1.0]),
+            ("format", true) => pick(rng, &["gruppe", "individuell"], &[1.0, 1.0]),
+            ("yrkesgruppe", _) => pick(rng, &ids, &[3.0, 5.0, 2.0, 0.5, 0.5, 1.0, 0.7, 0.3, 0.3]),
+            _ => {
+                let w: Vec<f64> = (0..ids.len()).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+                pick(rng, &ids, &w)
+            }
+        };
+        t.insert(d.id.clone(), v);
+    }
+    t
+}
+
+/// The demo's world after simulation: the service and a token for each role.
+pub struct Demo {
+    /// The service over the demo data directory.
+    pub svc: Service,
+    /// The clock, standing at "now".
+    pub clock: Arc<FixedClock>,
+    /// Role name and organisation (if scoped) with its token, in the order to print them.
+    pub tokens: Vec<(String, Option<String>, String)>,
+    /// What the final lifecycle run did.
+    pub report: LifecycleReport,
+}
+
+/// Builds the demo in `dir`, with "now" at `now`.
+pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, ServiceError> {
+    let policy = crate::policy::Policy::builtin();
+    let current = Period::containing(Granularity::Month, now.date());
+    let mut first = current;
+    for _ in 0..HISTORY_MONTHS {
+        first = first.prev();
+    }
+    let clock = Arc::new(FixedClock::new(now));
+    let start = first.start().midnight().assume_utc() + Duration::days(14);
+    clock.set(start);
+    let (svc, admin) = Service::open(dir, policy, clock.clone(), None)?;
+    let admin = admin.ok_or_else(|| ServiceError::InvalidField { field: "data", code: "not_empty", message: "the demo needs an empty data directory".into() })?;
+    svc.set_epoch(first)?;
+    let admin_p = svc.authenticate(Some(admin.expose()))?;
+    let mut rng = StdRng::seed_from_u64(2026);
+
+    // Supporters: a handful per organisation, created as the scheme's coordinator would.
+    let mut supporters: Vec<(String, Principal)> = Vec::new();
+    for (org, n) in [("helse-vestfjord", 10), ("vikafjord-kommune", 6)] {
+        for _ in 0..n {
+            let t = svc.create_token(&admin_p, NewTokenRequest { role: "supporter".into(), org: Some(org.into()) })?;
+            supporters.push((org.to_string(), svc.authenticate(Some(&t.token))?));
+        }
+    }
+    let mut spike = current;
+    for _ in 0..SPIKE_MONTHS_AGO {
+        spike = spike.prev();
+    }
+
+    let mut month = first;
+    while month <= current {
+        let mid = month.start().midnight().assume_utc() + Duration::days(14);
+        clock.set(if month == current { now } else { mid });
+        for org in &svc.policy().orgs.clone() {
+            let staff: Vec<&Principal> = supporters.iter().filter(|(o, _)| o == &org.id).map(|(_, p)| p).collect();
+            // Uptake grows a little over the history, as a scheme becomes known.
+            let age = f64::from(HISTORY_MONTHS) - months_between(month, current) as f64;
+            let growth = 0.75 + 0.5 * age / f64::from(HISTORY_MONTHS);
+            for unit in &org.units {
+                let silent = (org.id.as_str(), unit.id.as_str()) == SILENT_UNIT;
+                let lambda = if silent { 0.0 } else { f64::from(unit.headcount) * yearly_rate(&org.id) / 100.0 / 12.0 * growth };
+                let mut n = if lambda > 0.0 { Poisson::new(lambda).map(|d| d.sample(&mut rng) as u32).unwrap_or(0) } else { 0 };
+                let is_spike = month == spike && (org.id.as_str(), unit.id.as_str()) == SPIKE_UNIT;
+                if is_spike {
+                    n += SPIKE_CONTACTS;
+                }
+                for i in 0..n {
+                    let who = staff[rng.random_range(0..staff.len())];
+                    let serious = is_spike && i >= n - SPIKE_CONTACTS;
+                    let req = TickRequest { org: org.id.clone(), unit: unit.id.clone(), tags: tags(&svc, &mut rng, serious), count: None, period: None };
+                    match svc.log_tick(who, req).await {
+                        Ok(_) | Err(ServiceError::OverCap { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        month = month.next();
+    }
+    clock.set(now);
+    let report = svc.run_lifecycle().await?;
+
+    let mut tokens = vec![("admin".to_string(), None, admin.expose().to_string())];
+    for (role, org) in [("coordinator", Some("helse-vestfjord")), ("leader", Some("helse-vestfjord")), ("leader", Some("vikafjord-kommune")), ("researcher", None), ("supporter", Some("helse-vestfjord"))] {
+        let t = svc.create_token(&admin_p, NewTokenRequest { role: role.into(), org: org.map(str::to_string) })?;
+        tokens.push((role.to_string(), org.map(str::to_string), t.token));
+    }
+    Ok(Demo { svc, clock, tokens, report })
+}
+
+fn months_between(a: Period, b: Period) -> i64 {
+    let (ya, ma) = (a.start().year(), a.start().month() as i64);
+    let (yb, mb) = (b.start().year(), b.start().month() as i64);
+    i64::from(yb - ya) * 12 + (mb - ma)
+}
+
+/// A small text table of the released unit-by-quarter estimates of one organisation, so the
+/// newcomer sees the spike and the silent unit at once. Reads releases only.
+pub fn unit_table(svc: &Service, org: &str) -> Result<String, ServiceError> {
+    let releases: Vec<_> = svc.store().releases("")?.into_iter().filter(|r| r.org == org && r.marginal == "unit").collect();
+    let Some(o) = svc.policy().org(org) else {
+        return Ok(String::new());
+    };
+    let mut out = format!("{:<22}", "unit (released, 95% ±)");
+    for r in &releases {
+        out.push_str(&format!("{:>9}", r.period.to_string()));
+    }
+    out.push('\n');
+    let below = svc.policy().privacy.suppress_below;
+    for u in &o.units {
+        out.push_str(&format!("{:<22}", u.id));
+        for r in &releases {
+            let cell = r.cells.iter().find(|c| c.key.get("unit") == Some(&u.id));
+            let text = match cell {
+                Some(c) if c.suppressed => format!("<{below}"),
+                Some(c) => c.estimate.to_string(),
+                None => "-".into(),
+            };
+            out.push_str(&format!("{text:>9}"));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}

@@ -1,0 +1,179 @@
+//! Shared fixtures: an app on a temporary data directory with a fixed clock, requests through
+//! the real router with `oneshot`, and a started real binary for process-level tests.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tellestrek::clock::FixedClock;
+use tellestrek::policy::Policy;
+use tellestrek::server::app;
+use tellestrek::service::Service;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tower::ServiceExt;
+
+/// The admin token every fixture starts with.
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+/// The instant fixtures stand on: Monday 23 November 2026.
+pub const NOW: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
+
+/// An app over a fresh data directory, driven through the real router.
+pub struct TestApp {
+    pub svc: Service,
+    pub router: Router,
+    pub clock: Arc<FixedClock>,
+    pub dir: TempDir,
+}
+
+impl TestApp {
+    /// The built-in policy at [`NOW`].
+    pub fn new() -> TestApp {
+        TestApp::with_policy(Policy::builtin())
+    }
+
+    /// A given policy at [`NOW`].
+    pub fn with_policy(policy: Policy) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FixedClock::new(NOW));
+        let (svc, created) = Service::open(dir.path(), policy, clock.clone(), Some(ADMIN)).unwrap();
+        assert!(created.is_some(), "an empty data directory creates the admin token");
+        TestApp { router: app(svc.clone()), svc, clock, dir }
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and JSON.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        self.raw(method, path, token, bytes, "application/json").await
+    }
+
+    /// Sends raw body bytes with a given content type.
+    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>, content_type: &str) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req.header("content-type", content_type).body(Body::from(b)).unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+        (status, json)
+    }
+
+    /// Creates a token of `role` (scoped to `org` if given) as admin; returns its clear text.
+    pub async fn token(&self, role: &str, org: Option<&str>) -> String {
+        let mut body = json!({"role": role});
+        if let Some(o) = org {
+            body["org"] = json!(o);
+        }
+        let (status, v) = self.call("POST", "/api/v1/tokens", Some(ADMIN), Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Every raw byte of the counting trees (cells, supporter counters, periods, tokens).
+    pub fn snapshot(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.svc.store().raw_snapshot().unwrap()
+    }
+
+    /// The sum of all raw cells of a period (read in-process; no interface serves this).
+    pub fn total(&self, period: &str) -> u64 {
+        self.svc.store().cells_of(period.parse().unwrap()).unwrap().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// A valid tick body for helse-vestfjord/akuttmottak with the first value of every dimension.
+pub fn tick_body() -> Value {
+    let p = Policy::builtin();
+    let tags: serde_json::Map<String, Value> = p.dimensions.iter().map(|d| (d.id.clone(), json!(d.values[0].id))).collect();
+    json!({"org": "helse-vestfjord", "unit": "akuttmottak", "tags": tags})
+}
+
+/// The built-in policy with a higher per-supporter cap, written to `dir`, for load and crash
+/// tests that send many ticks from few tokens.
+pub fn roomy_policy_file(dir: &Path) -> std::path::PathBuf {
+    let text = tellestrek::policy::DEFAULT_POLICY.replace("max_per_supporter_per_period = 40", "max_per_supporter_per_period = 10000");
+    assert_ne!(text, tellestrek::policy::DEFAULT_POLICY);
+    let path = dir.join("roomy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The real binary, started by a test.
+pub struct Binary {
+    pub child: Child,
+    pub base: String,
+    /// Everything it printed on standard output before it started listening.
+    pub banner: String,
+}
+
+impl Binary {
+    /// Starts `tellestrek serve` on port 0 and waits until it listens.
+    pub fn serve(data: &Path, policy: Option<&Path>, admin: Option<&str>) -> Binary {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tellestrek"));
+        cmd.arg("serve").arg("--data").arg(data).arg("--listen").arg("127.0.0.1:0");
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p);
+        }
+        cmd.env_remove("TELLESTREK_ADMIN_TOKEN").env("TELLESTREK_NOW", "2026-11-23T10:00:00Z").env("TELLESTREK_LOG", "warn");
+        if let Some(a) = admin {
+            cmd.env("TELLESTREK_ADMIN_TOKEN", a);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "the binary exited before listening: {banner}");
+            banner.push_str(&line);
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let base = rest.split_whitespace().next().unwrap().to_string();
+                // Keep draining stdout so the child never blocks on a full pipe.
+                std::thread::spawn(move || for _ in reader.lines() {});
+                return Binary { child, base, banner };
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+/// A reqwest client for talking to a started binary.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap()
+}
+
+/// Creates a token on a running binary.
+pub async fn remote_token(c: &reqwest::Client, base: &str, admin: &str, role: &str, org: Option<&str>) -> String {
+    let mut body = json!({"role": role});
+    if let Some(o) = org {
+        body["org"] = json!(o);
+    }
+    let r = c.post(format!("{base}/api/v1/tokens")).bearer_auth(admin).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+}
