@@ -1,7 +1,10 @@
 //! Benchmarks of the ingest path through the library (no HTTP).
 //!
+//! * `ingest/build_request`: building the `TickRequest` alone (cloning a tag set), which the
+//!   next bench includes, to read it against.
 //! * `ingest/in_memory`: `Service::check_tick` + `Store::apply_tick`, no durability: the CPU
-//!   and sled-transaction cost of one tick.
+//!   and sled-transaction cost of one tick on the calling thread (with an untimed flush every
+//!   [`IN_MEMORY_CHUNK`] ticks).
 //! * `ingest/durable_serial`: `Service::log_tick(..).await` one at a time; each tick waits for
 //!   its own flush (fsync of sled's log).
 //! * `ingest/durable_concurrent_32`: 32 `log_tick` calls in flight at once (32 tokio tasks,
@@ -10,10 +13,13 @@
 //! Supporters: tokens are created through `Service::create_token` as the admin. The bench
 //! policy raises the per-supporter cap to 10000 and a pool hands each token out for exactly
 //! that many ticks, creating more tokens (outside the timed section) as the run needs them, so
-//! no tick is ever refused for the cap. Run with `cargo bench --bench ingest`.
+//! no tick is ever refused for the cap. A watchdog aborts the run if no sample finishes for
+//! [`STALL_LIMIT`], so a storage hang fails the bench instead of hanging it. Run with
+//! `cargo bench --bench ingest`; see benches/README.md.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -32,6 +38,41 @@ const ORG: &str = "helse-vestfjord";
 const CAP: u64 = 10_000;
 /// Ticks in flight at once in the concurrent bench.
 const CONCURRENCY: usize = 32;
+/// Ticks the in-memory bench applies between two (untimed) flushes. Hundreds of thousands of
+/// unflushed writes to the same few keys deadlock sled 0.34.7: a writer holding the segment
+/// accountant's lock waits for a file truncation queued on sled's I/O pool, whose threads all
+/// wait for that lock (seen here; compare spacejam/sled#1412). The server never runs that far
+/// ahead of a flush, since every tick waits for one.
+const IN_MEMORY_CHUNK: u64 = 1_000;
+/// How long the run may go without finishing a sample before the watchdog aborts it.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Seconds since [`START`] at which the last sample finished.
+static LAST_PROGRESS: AtomicU64 = AtomicU64::new(0);
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn progress() {
+    let start = START.get_or_init(Instant::now);
+    LAST_PROGRESS.store(start.elapsed().as_secs(), Ordering::Relaxed);
+}
+
+/// Aborts the process if no sample finishes for [`STALL_LIMIT`].
+fn start_watchdog() {
+    progress();
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let now = START.get().map_or(0, |s| s.elapsed().as_secs());
+            if now.saturating_sub(LAST_PROGRESS.load(Ordering::Relaxed)) > STALL_LIMIT.as_secs() {
+                eprintln!(
+                    "ingest bench: no sample finished for {}s; aborting (storage hang?)",
+                    STALL_LIMIT.as_secs()
+                );
+                std::process::abort();
+            }
+        }
+    });
+}
 
 /// The default policy with the per-supporter cap raised to [`CAP`].
 fn bench_policy() -> Policy {
@@ -54,6 +95,12 @@ struct Fixture {
     handed_out: u64,
     unit: String,
     tag_sets: Vec<TagSet>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        eprintln!("TICKS_HANDED_OUT {}", self.handed_out);
+    }
 }
 
 impl Fixture {
@@ -151,6 +198,7 @@ fn runtime() -> Runtime {
 }
 
 fn ingest(c: &mut Criterion) {
+    start_watchdog();
     let rt = runtime();
     let mut group = c.benchmark_group("ingest");
     group
@@ -168,7 +216,8 @@ fn ingest(c: &mut Criterion) {
             b.iter(|| {
                 t += 1;
                 fx.request(t)
-            })
+            });
+            progress();
         });
     }
 
@@ -180,15 +229,25 @@ fn ingest(c: &mut Criterion) {
         group.bench_function("in_memory", |b| {
             b.iter_custom(|iters| {
                 let first = fx.reserve(iters);
-                let start = Instant::now();
-                for t in first..first + iters {
-                    let write = fx
-                        .svc
-                        .check_tick(fx.who(t), fx.request(t))
-                        .expect("tick is valid");
-                    fx.svc.store().apply_tick(&write).expect("tick applies");
+                let mut timed = Duration::ZERO;
+                let mut t = first;
+                while t < first + iters {
+                    let end = (t + IN_MEMORY_CHUNK).min(first + iters);
+                    let start = Instant::now();
+                    for t in t..end {
+                        let write = fx
+                            .svc
+                            .check_tick(fx.who(t), fx.request(t))
+                            .expect("tick is valid");
+                        fx.svc.store().apply_tick(&write).expect("tick applies");
+                    }
+                    timed += start.elapsed();
+                    // Untimed: see IN_MEMORY_CHUNK.
+                    fx.svc.store().flush().expect("flush");
+                    t = end;
                 }
-                start.elapsed()
+                progress();
+                timed
             })
         });
     }
@@ -210,7 +269,9 @@ fn ingest(c: &mut Criterion) {
                     for (who, req) in whos.iter().zip(reqs) {
                         svc.log_tick(who, req).await.expect("tick accepted");
                     }
-                    start.elapsed()
+                    let elapsed = start.elapsed();
+                    progress();
+                    elapsed
                 }
             })
         });
@@ -241,7 +302,9 @@ fn ingest(c: &mut Criterion) {
                             done.expect("task ran").expect("tick accepted");
                         }
                     }
-                    start.elapsed()
+                    let elapsed = start.elapsed();
+                    progress();
+                    elapsed
                 }
             })
         });

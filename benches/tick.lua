@@ -2,26 +2,15 @@
 -- response that is not 201 Created, so the throughput reported is of acknowledged ticks.
 --
 --   wrk -t2 -c32 -d15s --latency -s benches/tick.lua http://127.0.0.1:PORT/api/v1/ticks \
---       -- TOKENS_FILE THREADS
+--       -- TOKENS_FILE THREADS BODY
 --
--- TOKENS_FILE holds one supporter token (org helse-vestfjord) per line; THREADS is wrk's -t.
+-- TOKENS_FILE holds one supporter token (org helse-vestfjord) per line; THREADS is wrk's -t;
+-- BODY is the tick's JSON (load.sh passes one valid value per dimension of the policy).
 -- Thread i takes every THREADS-th token starting at the i-th and rotates through them one
 -- request at a time, so no two threads share a token, and with at least as many tokens as
 -- connections no two requests in flight carry the same token (one supporter does not log two
 -- contacts at the same instant). The caller sizes the token list so the per-supporter cap of the
 -- load policy is never reached.
-
--- One valid value per dimension of policy/default.toml (and benches/load-policy.toml).
-local BODY = '{"org":"helse-vestfjord","unit":"akuttmottak","tags":{'
-  .. '"yrkesgruppe":"sykepleier",'
-  .. '"utlosende_arsak":"krevende-situasjon",'
-  .. '"initiering":"selvhenvendt",'
-  .. '"format":"individuell",'
-  .. '"kanal":"telefon",'
-  .. '"varighet":"15-45",'
-  .. '"oppfolging":"forste",'
-  .. '"informert":"ja",'
-  .. '"henvist":"nei"}}'
 
 local threads = {}
 local next_id = 1
@@ -35,9 +24,9 @@ end
 
 -- Runs in each thread's own Lua state. args[0] is the URL.
 function init(args)
-  local path, nthreads = args[1], tonumber(args[2])
-  if not path or not nthreads then
-    error("usage: ... -s tick.lua URL -- TOKENS_FILE THREADS")
+  local path, nthreads, body = args[1], tonumber(args[2]), args[3]
+  if not path or not nthreads or not body then
+    error("usage: wrk ... -s tick.lua URL -- TOKENS_FILE THREADS BODY")
   end
   local all = {}
   for line in io.lines(path) do
@@ -50,7 +39,7 @@ function init(args)
     reqs[#reqs + 1] = wrk.format("POST", nil, {
       ["Content-Type"] = "application/json",
       ["Authorization"] = "Bearer " .. all[i],
-    }, BODY)
+    }, body)
   end
   if #reqs == 0 then
     error("thread " .. id .. " has no token; give at least THREADS tokens")

@@ -16,7 +16,9 @@ use serde_json::json;
 
 use crate::domain::{Release, TokenRecord};
 use crate::policy::{Dimension, Label, Org};
-use crate::service::{NewTokenRequest, Principal, ReleaseFilter, Service, ServiceError, TickRequest};
+use crate::service::{
+    NewTokenRequest, Principal, ReleaseFilter, Service, ServiceError, TickRequest,
+};
 
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
 /// any policy's tags and nothing for abuse.
@@ -204,7 +206,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
             .map_err(|r| {
                 let text = r.body_text();
                 let text = text.trim_start_matches("Failed to deserialize query string: ");
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", format!("query: {text}"))
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_query",
+                    format!("query: {text}"),
+                )
             })
     }
 }
@@ -368,10 +374,16 @@ pub async fn get_periods(
 }
 
 /// `POST /api/v1/periods/{period}/release`: release a closed period now (admin; idempotent).
-pub async fn post_release(State(svc): State<Service>, who: Principal, Path(period): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn post_release(
+    State(svc): State<Service>,
+    who: Principal,
+    Path(period): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let (state, releases) = svc.release_period(&who, &period).await?;
     let ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
-    Ok(Json(json!({"period": period, "state": state, "releases": ids})))
+    Ok(Json(
+        json!({"period": period, "state": state, "releases": ids}),
+    ))
 }
 
 /// Query of `GET /api/v1/releases`.
@@ -390,30 +402,55 @@ pub struct ReleaseQuery {
 }
 
 /// `GET /api/v1/releases`: signed releases in the caller's scope, as JSON or CSV.
-pub async fn get_releases(State(svc): State<Service>, who: Principal, AppQuery(q): AppQuery<ReleaseQuery>) -> Result<Response, ApiError> {
+pub async fn get_releases(
+    State(svc): State<Service>,
+    who: Principal,
+    AppQuery(q): AppQuery<ReleaseQuery>,
+) -> Result<Response, ApiError> {
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_format", format!("format: `{other}` is not a format here; use json or csv")));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_format",
+                format!("format: `{other}` is not a format here; use json or csv"),
+            ));
         }
     };
-    let filter = ReleaseFilter { period: q.period, org: q.org, marginal: q.marginal };
+    let filter = ReleaseFilter {
+        period: q.period,
+        org: q.org,
+        marginal: q.marginal,
+    };
     let releases = svc.releases(&who, &filter)?;
     // Normen: who read or exported what (never ticks, never counts).
     tracing::info!(token = %who.token_id, role = who.role.as_str(), period = ?filter.period, org = ?filter.org, marginal = ?filter.marginal, csv, releases = releases.len(), "releases read");
     if csv {
         let body = releases_csv(&releases).map_err(|e| {
             tracing::error!(error = %e, "csv export failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on the server; try again")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "something went wrong on the server; try again",
+            )
         })?;
         let sig = svc.sign_bytes(body.as_bytes());
         return Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"tellestrek-releases.csv\"".to_string()),
-                (header::HeaderName::from_static("x-tellestrek-signature"), sig),
-                (header::HeaderName::from_static("x-tellestrek-public-key"), svc.public_key()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"tellestrek-releases.csv\"".to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-tellestrek-signature"),
+                    sig,
+                ),
+                (
+                    header::HeaderName::from_static("x-tellestrek-public-key"),
+                    svc.public_key(),
+                ),
             ],
             body,
         )
@@ -435,8 +472,27 @@ pub fn releases_csv(releases: &[Release]) -> Result<String, csv::Error> {
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut head = vec![
-        "release_id", "period", "period_start", "period_end", "org", "marginal", "kind", "dimensions", "noisy", "estimate", "ci_low", "ci_high",
-        "suppressed", "confidence", "mechanism", "privacy_unit", "epsilon", "rho", "scale", "sensitivity", "total_estimate",
+        "release_id",
+        "period",
+        "period_start",
+        "period_end",
+        "org",
+        "marginal",
+        "kind",
+        "dimensions",
+        "noisy",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "suppressed",
+        "confidence",
+        "mechanism",
+        "privacy_unit",
+        "epsilon",
+        "rho",
+        "scale",
+        "sensitivity",
+        "total_estimate",
     ];
     head.extend(axes.iter().copied());
     w.write_record(&head)?;
@@ -465,7 +521,10 @@ pub fn releases_csv(releases: &[Release]) -> Result<String, csv::Error> {
                 r.sensitivity.to_string(),
                 r.total_estimate.to_string(),
             ];
-            row.extend(axes.iter().map(|a| c.key.get(*a).cloned().unwrap_or_default()));
+            row.extend(
+                axes.iter()
+                    .map(|a| c.key.get(*a).cloned().unwrap_or_default()),
+            );
             w.write_record(&row)?;
         }
     }
@@ -474,11 +533,16 @@ pub fn releases_csv(releases: &[Release]) -> Result<String, csv::Error> {
 }
 
 /// `GET /api/v1/budget`: the privacy ledger in the caller's scope.
-pub async fn get_budget(State(svc): State<Service>, who: Principal) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn get_budget(
+    State(svc): State<Service>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(svc.budget(&who)?))
 }
 
 /// `GET /api/v1/signing-key`: the public key exports are signed with (no token needed).
 pub async fn get_signing_key(State(svc): State<Service>) -> Json<serde_json::Value> {
-    Json(json!({"algorithm": "Ed25519", "public_key": svc.public_key(), "encoding": "base64url, no padding"}))
+    Json(
+        json!({"algorithm": "Ed25519", "public_key": svc.public_key(), "encoding": "base64url, no padding"}),
+    )
 }

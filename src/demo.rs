@@ -14,7 +14,10 @@ use time::{Duration, OffsetDateTime};
 
 use crate::clock::FixedClock;
 use crate::domain::{Granularity, Period, TagSet};
-use crate::service::{LifecycleReport, NewTokenRequest, Principal, Service, ServiceError, TickRequest};
+use crate::dp::NoiseSource;
+use crate::service::{
+    LifecycleReport, NewTokenRequest, Principal, Service, ServiceError, TickRequest,
+};
 
 /// Months of simulated history before the current one.
 pub const HISTORY_MONTHS: u32 = 20;
@@ -52,8 +55,14 @@ fn tags(svc: &Service, rng: &mut StdRng, serious: bool) -> TagSet {
     for d in &p.dimensions {
         let ids: Vec<&str> = d.values.iter().map(|v| v.id.as_str()).collect();
         let v = match (d.id.as_str(), serious) {
-            ("utlosende_arsak", true) => pick(rng, &["alvorlig-hendelse", "uventet-dodsfall"], &[3.0, 1.0]),
-            ("initiering", true) => pick(rng, &["oppsokende", "leder-initiert", "selvhenvendt"], &[4.0, 2.0, 1.0]),
+            ("utlosende_arsak", true) => {
+                pick(rng, &["alvorlig-hendelse", "uventet-dodsfall"], &[3.0, 1.0])
+            }
+            ("initiering", true) => pick(
+                rng,
+                &["oppsokende", "leder-initiert", "selvhenvendt"],
+                &[4.0, 2.0, 1.0],
+            ),
             ("format", true) => pick(rng, &["gruppe", "individuell"], &[1.0, 1.0]),
             ("yrkesgruppe", _) => pick(rng, &ids, &[3.0, 5.0, 2.0, 0.5, 0.5, 1.0, 0.7, 0.3, 0.3]),
             _ => {
@@ -78,8 +87,13 @@ pub struct Demo {
     pub report: LifecycleReport,
 }
 
-/// Builds the demo in `dir`, with "now" at `now`.
-pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, ServiceError> {
+/// Builds the demo in `dir`, with "now" at `now`, drawing releases with `noise` (the binary
+/// uses OpenDP; tests use zero noise to check the simulation exactly).
+pub async fn build(
+    dir: &std::path::Path,
+    now: OffsetDateTime,
+    noise: Arc<dyn NoiseSource>,
+) -> Result<Demo, ServiceError> {
     let policy = crate::policy::Policy::builtin();
     let current = Period::containing(Granularity::Month, now.date());
     let mut first = current;
@@ -90,7 +104,12 @@ pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, S
     let start = first.start().midnight().assume_utc() + Duration::days(14);
     clock.set(start);
     let (svc, admin) = Service::open(dir, policy, clock.clone(), None)?;
-    let admin = admin.ok_or_else(|| ServiceError::InvalidField { field: "data", code: "not_empty", message: "the demo needs an empty data directory".into() })?;
+    let svc = svc.with_noise(noise);
+    let admin = admin.ok_or_else(|| ServiceError::InvalidField {
+        field: "data",
+        code: "not_empty",
+        message: "the demo needs an empty data directory".into(),
+    })?;
     svc.set_epoch(first)?;
     let admin_p = svc.authenticate(Some(admin.expose()))?;
     let mut rng = StdRng::seed_from_u64(2026);
@@ -99,7 +118,13 @@ pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, S
     let mut supporters: Vec<(String, Principal)> = Vec::new();
     for (org, n) in [("helse-vestfjord", 10), ("vikafjord-kommune", 6)] {
         for _ in 0..n {
-            let t = svc.create_token(&admin_p, NewTokenRequest { role: "supporter".into(), org: Some(org.into()) })?;
+            let t = svc.create_token(
+                &admin_p,
+                NewTokenRequest {
+                    role: "supporter".into(),
+                    org: Some(org.into()),
+                },
+            )?;
             supporters.push((org.to_string(), svc.authenticate(Some(&t.token))?));
         }
     }
@@ -113,14 +138,28 @@ pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, S
         let mid = month.start().midnight().assume_utc() + Duration::days(14);
         clock.set(if month == current { now } else { mid });
         for org in &svc.policy().orgs.clone() {
-            let staff: Vec<&Principal> = supporters.iter().filter(|(o, _)| o == &org.id).map(|(_, p)| p).collect();
+            let staff: Vec<&Principal> = supporters
+                .iter()
+                .filter(|(o, _)| o == &org.id)
+                .map(|(_, p)| p)
+                .collect();
             // Uptake grows a little over the history, as a scheme becomes known.
             let age = f64::from(HISTORY_MONTHS) - months_between(month, current) as f64;
             let growth = 0.75 + 0.5 * age / f64::from(HISTORY_MONTHS);
             for unit in &org.units {
                 let silent = (org.id.as_str(), unit.id.as_str()) == SILENT_UNIT;
-                let lambda = if silent { 0.0 } else { f64::from(unit.headcount) * yearly_rate(&org.id) / 100.0 / 12.0 * growth };
-                let mut n = if lambda > 0.0 { Poisson::new(lambda).map(|d| d.sample(&mut rng) as u32).unwrap_or(0) } else { 0 };
+                let lambda = if silent {
+                    0.0
+                } else {
+                    f64::from(unit.headcount) * yearly_rate(&org.id) / 100.0 / 12.0 * growth
+                };
+                let mut n = if lambda > 0.0 {
+                    Poisson::new(lambda)
+                        .map(|d| d.sample(&mut rng) as u32)
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
                 let is_spike = month == spike && (org.id.as_str(), unit.id.as_str()) == SPIKE_UNIT;
                 if is_spike {
                     n += SPIKE_CONTACTS;
@@ -128,7 +167,13 @@ pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, S
                 for i in 0..n {
                     let who = staff[rng.random_range(0..staff.len())];
                     let serious = is_spike && i >= n - SPIKE_CONTACTS;
-                    let req = TickRequest { org: org.id.clone(), unit: unit.id.clone(), tags: tags(&svc, &mut rng, serious), count: None, period: None };
+                    let req = TickRequest {
+                        org: org.id.clone(),
+                        unit: unit.id.clone(),
+                        tags: tags(&svc, &mut rng, serious),
+                        count: None,
+                        period: None,
+                    };
                     match svc.log_tick(who, req).await {
                         Ok(_) | Err(ServiceError::OverCap { .. }) => {}
                         Err(e) => return Err(e),
@@ -142,11 +187,28 @@ pub async fn build(dir: &std::path::Path, now: OffsetDateTime) -> Result<Demo, S
     let report = svc.run_lifecycle().await?;
 
     let mut tokens = vec![("admin".to_string(), None, admin.expose().to_string())];
-    for (role, org) in [("coordinator", Some("helse-vestfjord")), ("leader", Some("helse-vestfjord")), ("leader", Some("vikafjord-kommune")), ("researcher", None), ("supporter", Some("helse-vestfjord"))] {
-        let t = svc.create_token(&admin_p, NewTokenRequest { role: role.into(), org: org.map(str::to_string) })?;
+    for (role, org) in [
+        ("coordinator", Some("helse-vestfjord")),
+        ("leader", Some("helse-vestfjord")),
+        ("leader", Some("vikafjord-kommune")),
+        ("researcher", None),
+        ("supporter", Some("helse-vestfjord")),
+    ] {
+        let t = svc.create_token(
+            &admin_p,
+            NewTokenRequest {
+                role: role.into(),
+                org: org.map(str::to_string),
+            },
+        )?;
         tokens.push((role.to_string(), org.map(str::to_string), t.token));
     }
-    Ok(Demo { svc, clock, tokens, report })
+    Ok(Demo {
+        svc,
+        clock,
+        tokens,
+        report,
+    })
 }
 
 fn months_between(a: Period, b: Period) -> i64 {
@@ -158,11 +220,16 @@ fn months_between(a: Period, b: Period) -> i64 {
 /// A small text table of the released unit-by-quarter estimates of one organisation, so the
 /// newcomer sees the spike and the silent unit at once. Reads releases only.
 pub fn unit_table(svc: &Service, org: &str) -> Result<String, ServiceError> {
-    let releases: Vec<_> = svc.store().releases("")?.into_iter().filter(|r| r.org == org && r.marginal == "unit").collect();
+    let releases: Vec<_> = svc
+        .store()
+        .releases("")?
+        .into_iter()
+        .filter(|r| r.org == org && r.marginal == "unit")
+        .collect();
     let Some(o) = svc.policy().org(org) else {
         return Ok(String::new());
     };
-    let mut out = format!("{:<22}", "unit (released, 95% ±)");
+    let mut out = format!("{:<22}", "unit");
     for r in &releases {
         out.push_str(&format!("{:>9}", r.period.to_string()));
     }

@@ -25,7 +25,11 @@ pub struct DpError(String);
 
 impl From<opendp::error::Error> for DpError {
     fn from(e: opendp::error::Error) -> Self {
-        DpError(format!("{:?}: {}", e.variant, e.message.unwrap_or_default()))
+        DpError(format!(
+            "{:?}: {}",
+            e.variant,
+            e.message.unwrap_or_default()
+        ))
     }
 }
 
@@ -65,11 +69,21 @@ fn privacy_map(mechanism: Mechanism, scale: f64, sensitivity: u32) -> Result<f64
     let domain = VectorDomain::new(AtomDomain::<i64>::default());
     Ok(match mechanism {
         Mechanism::DiscreteLaplace => {
-            let m = make_laplace::<_, _, MaxDivergence>(domain, L1Distance::<i64>::default(), scale, None)?;
+            let m = make_laplace::<_, _, MaxDivergence>(
+                domain,
+                L1Distance::<i64>::default(),
+                scale,
+                None,
+            )?;
             m.map(&d_in)?
         }
         Mechanism::DiscreteGaussian => {
-            let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(domain, L2Distance::<i64>::default(), scale, None)?;
+            let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+                domain,
+                L2Distance::<i64>::default(),
+                scale,
+                None,
+            )?;
             m.map(&d_in)?
         }
     })
@@ -79,7 +93,12 @@ fn privacy_map(mechanism: Mechanism, scale: f64, sensitivity: u32) -> Result<f64
 /// protection), with the spend that OpenDP's privacy map reports for it. The scale starts from
 /// the textbook formula and is widened until the map's answer is within the budget, so the
 /// recorded spend is OpenDP's, never ours.
-pub fn calibrate(mechanism: Mechanism, sensitivity: u32, budget: f64, multiplier: f64) -> Result<Calibration, DpError> {
+pub fn calibrate(
+    mechanism: Mechanism,
+    sensitivity: u32,
+    budget: f64,
+    multiplier: f64,
+) -> Result<Calibration, DpError> {
     if !(budget.is_finite() && budget > 0.0) {
         return Err(DpError(format!("budget {budget} must be above 0")));
     }
@@ -102,9 +121,15 @@ pub fn calibrate(mechanism: Mechanism, sensitivity: u32, budget: f64, multiplier
         }
     }
     let (accuracy, variance) = match mechanism {
-        Mechanism::DiscreteLaplace => (discrete_laplacian_scale_to_accuracy(scale, 1.0 - CONFIDENCE)?, laplace_variance(scale)),
+        Mechanism::DiscreteLaplace => (
+            discrete_laplacian_scale_to_accuracy(scale, 1.0 - CONFIDENCE)?,
+            laplace_variance(scale),
+        ),
         // The discrete Gaussian's variance is at most σ².
-        Mechanism::DiscreteGaussian => (discrete_gaussian_scale_to_accuracy(scale, 1.0 - CONFIDENCE)?, scale * scale),
+        Mechanism::DiscreteGaussian => (
+            discrete_gaussian_scale_to_accuracy(scale, 1.0 - CONFIDENCE)?,
+            scale * scale,
+        ),
     };
     Ok(Calibration {
         mechanism,
@@ -131,13 +156,20 @@ impl NoiseSource for OpenDpNoise {
         let domain = VectorDomain::new(AtomDomain::<i64>::default());
         let arg = values.to_vec();
         Ok(match cal.mechanism {
-            Mechanism::DiscreteLaplace => {
-                make_laplace::<_, _, MaxDivergence>(domain, L1Distance::<i64>::default(), cal.scale, None)?.invoke(&arg)?
-            }
-            Mechanism::DiscreteGaussian => {
-                make_gaussian::<_, _, ZeroConcentratedDivergence>(domain, L2Distance::<i64>::default(), cal.scale, None)?
-                    .invoke(&arg)?
-            }
+            Mechanism::DiscreteLaplace => make_laplace::<_, _, MaxDivergence>(
+                domain,
+                L1Distance::<i64>::default(),
+                cal.scale,
+                None,
+            )?
+            .invoke(&arg)?,
+            Mechanism::DiscreteGaussian => make_gaussian::<_, _, ZeroConcentratedDivergence>(
+                domain,
+                L2Distance::<i64>::default(),
+                cal.scale,
+                None,
+            )?
+            .invoke(&arg)?,
         })
     }
 }
@@ -159,10 +191,19 @@ mod tests {
 
     #[test]
     fn the_recorded_spend_is_opendps_and_within_budget() {
-        for (mech, sens, budget) in [(Mechanism::DiscreteLaplace, 1, 0.7), (Mechanism::DiscreteLaplace, 40, 0.1), (Mechanism::DiscreteGaussian, 1, 0.05), (Mechanism::DiscreteGaussian, 112, 0.1)] {
+        for (mech, sens, budget) in [
+            (Mechanism::DiscreteLaplace, 1, 0.7),
+            (Mechanism::DiscreteLaplace, 40, 0.1),
+            (Mechanism::DiscreteGaussian, 1, 0.05),
+            (Mechanism::DiscreteGaussian, 112, 0.1),
+        ] {
             let c = calibrate(mech, sens, budget, 1.0).unwrap();
             assert!(c.spend <= budget, "{mech:?}: {} > {budget}", c.spend);
-            assert!(c.spend > budget * 0.999, "{mech:?}: {} wastes budget {budget}", c.spend);
+            assert!(
+                c.spend > budget * 0.999,
+                "{mech:?}: {} wastes budget {budget}",
+                c.spend
+            );
             assert_eq!(c.spend, privacy_map(mech, c.scale, sens).unwrap());
         }
     }
@@ -179,8 +220,18 @@ mod tests {
     #[test]
     fn the_default_plan_meets_its_accuracy_targets() {
         // Organisation-month total at ε 0.7: within about ±5; unit-quarter at ε 0.4: within ±10.
-        assert!(calibrate(Mechanism::DiscreteLaplace, 1, 0.7, 1.0).unwrap().ci_half_width <= 5);
-        assert!(calibrate(Mechanism::DiscreteLaplace, 1, 0.4, 1.0).unwrap().ci_half_width <= 10);
+        assert!(
+            calibrate(Mechanism::DiscreteLaplace, 1, 0.7, 1.0)
+                .unwrap()
+                .ci_half_width
+                <= 5
+        );
+        assert!(
+            calibrate(Mechanism::DiscreteLaplace, 1, 0.4, 1.0)
+                .unwrap()
+                .ci_half_width
+                <= 10
+        );
     }
 
     #[test]
@@ -188,7 +239,12 @@ mod tests {
         let c = calibrate(Mechanism::DiscreteLaplace, 1, 0.5, 1.0).unwrap();
         let v = vec![3, 0, 7, 1];
         assert_eq!(ZeroNoise.add_noise(&c, &v).unwrap(), v);
-        let draws: Vec<Vec<i64>> = (0..20).map(|_| OpenDpNoise.add_noise(&c, &v).unwrap()).collect();
-        assert!(draws.iter().any(|d| d != &v), "twenty draws at scale 2 were all exact");
+        let draws: Vec<Vec<i64>> = (0..20)
+            .map(|_| OpenDpNoise.add_noise(&c, &v).unwrap())
+            .collect();
+        assert!(
+            draws.iter().any(|d| d != &v),
+            "twenty draws at scale 2 were all exact"
+        );
     }
 }

@@ -106,12 +106,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { listen, data } => demo(listen, data),
         Command::Verify { export, public_key } => {
-            let text = std::fs::read_to_string(&export).with_context(|| format!("reading {}", export.display()))?;
+            let text = std::fs::read_to_string(&export)
+                .with_context(|| format!("reading {}", export.display()))?;
             match tellestrek::service::verify_export(&text, public_key.as_deref()) {
                 Ok(n) => {
-                    println!("OK: {} holds {n} releases signed by {}.", export.display(), public_key.as_deref().unwrap_or("the key named in the file"));
+                    println!(
+                        "OK: {} holds {n} releases signed by {}.",
+                        export.display(),
+                        public_key.as_deref().unwrap_or("the key named in the file")
+                    );
                     if public_key.is_none() {
-                        println!("Pass --public-key (from GET /api/v1/signing-key) to check who signed it, not only that it is intact.");
+                        println!(
+                            "Pass --public-key (from GET /api/v1/signing-key) to check who signed it, not only that it is intact."
+                        );
                     }
                     Ok(())
                 }
@@ -164,17 +171,26 @@ fn serve(data: PathBuf, policy: Policy, listen: SocketAddr) -> anyhow::Result<()
 
 fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
     let now = match std::env::var(clock::NOW_ENV) {
-        Ok(v) if !v.trim().is_empty() => clock::FixedClock::parse(&v).map_err(anyhow::Error::msg)?.now(),
+        Ok(v) if !v.trim().is_empty() => clock::FixedClock::parse(&v)
+            .map_err(anyhow::Error::msg)?
+            .now(),
         _ => time::OffsetDateTime::now_utc(),
     };
     // A temporary directory is removed when the demo ends; --data keeps it.
     let (dir, _guard) = match data {
         Some(d) => {
-            anyhow::ensure!(!d.exists(), "{} exists; the demo needs a fresh directory", d.display());
+            anyhow::ensure!(
+                !d.exists(),
+                "{} exists; the demo needs a fresh directory",
+                d.display()
+            );
             (d, None)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("tellestrek-demo-").tempdir().context("creating a temporary data directory")?;
+            let t = tempfile::Builder::new()
+                .prefix("tellestrek-demo-")
+                .tempdir()
+                .context("creating a temporary data directory")?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -183,7 +199,7 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
         println!("Building the demo: {} months of simulated contacts, released with OpenDP noise...", tellestrek::demo::HISTORY_MONTHS);
-        let demo = tellestrek::demo::build(&dir, now).await.context("building the demo")?;
+        let demo = tellestrek::demo::build(&dir, now, std::sync::Arc::new(tellestrek::dp::OpenDpNoise)).await.context("building the demo")?;
         println!("Data directory: {}  ({} releases drawn, {} periods purged of raw data)\n", dir.display(), demo.report.drawn.len(), demo.report.purged.len());
         println!("Released contacts per unit and quarter, Helse Vestfjord HF (noisy estimates):");
         println!("{}", tellestrek::demo::unit_table(&demo.svc, "helse-vestfjord")?);

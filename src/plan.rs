@@ -43,14 +43,31 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         p.privacy.mechanism.as_str(),
         p.privacy.budget
     );
-    let _ = writeln!(out, "\nRelease plan (expected error: the true count is within ± this of the released noisy value, 95% of the time):");
+    let _ = writeln!(
+        out,
+        "\nRelease plan (expected error: the true count is within ± this of the released noisy value, 95% of the time):"
+    );
     for m in &p.marginals {
-        let cal = dp::calibrate(p.privacy.mechanism, p.sensitivity(m), p.release_budget(m), 1.0)?;
+        let cal = dp::calibrate(
+            p.privacy.mechanism,
+            p.sensitivity(m),
+            p.release_budget(m),
+            1.0,
+        )?;
         let (what, unit) = match &m.kind {
-            MarginalKind::Contacts(_) if m.axis_names.is_empty() => ("organisation total".to_string(), "contacts"),
-            MarginalKind::Contacts(_) => (format!("by {}", m.axis_names.join(" x ")), "contacts per cell"),
+            MarginalKind::Contacts(_) if m.axis_names.is_empty() => {
+                ("organisation total".to_string(), "contacts")
+            }
+            MarginalKind::Contacts(_) => (
+                format!("by {}", m.axis_names.join(" x ")),
+                "contacts per cell",
+            ),
             MarginalKind::SupporterLoad => (
-                format!("supporter load: active supporters, and those with {}+ contacts in a {}", p.thresholds.load_contacts_per_period, p.granularity.as_str()),
+                format!(
+                    "supporter load: active supporters, and those with {}+ contacts in a {}",
+                    p.thresholds.load_contacts_per_period,
+                    p.granularity.as_str()
+                ),
                 "supporter-periods",
             ),
         };
@@ -65,8 +82,17 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         );
         let sensitive = matches!(&m.kind, MarginalKind::Contacts(axes) if axes.iter().any(|a| matches!(a, crate::policy::Axis::Dim(i) if p.dimensions[*i].values.iter().any(|v| v.sensitive))));
         if sensitive && p.privacy.sensitive_noise_multiplier > 1.0 {
-            let s = dp::calibrate(p.privacy.mechanism, p.sensitivity(m), p.release_budget(m), p.privacy.sensitive_noise_multiplier)?;
-            let _ = writeln!(out, "  {:<16}               ±{:<4} for sensitive values ({measure} {:.3}: stronger protection)", "", s.ci_half_width, s.spend);
+            let s = dp::calibrate(
+                p.privacy.mechanism,
+                p.sensitivity(m),
+                p.release_budget(m),
+                p.privacy.sensitive_noise_multiplier,
+            )?;
+            let _ = writeln!(
+                out,
+                "  {:<16}               ±{:<4} for sensitive values ({measure} {:.3}: stronger protection)",
+                "", s.ci_half_width, s.spend
+            );
         }
     }
     let spend = p.planned_spend();
@@ -86,11 +112,23 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
             );
         }
         (PrivacyUnit::Contact, _) => {
-            let _ = writeln!(out, "One contact is protected at rho = {spend:.3} (zCDP), summed over every release that includes it; a person with {k} conversations at rho = {:.3}.", spend * f64::from(k * k));
+            let _ = writeln!(
+                out,
+                "One contact is protected at rho = {spend:.3} (zCDP), summed over every release that includes it; a person with {k} conversations at rho = {:.3}.",
+                spend * f64::from(k * k)
+            );
         }
         (PrivacyUnit::Supporter, m) => {
-            let _ = writeln!(out, "One supporter active all year is protected at {m} = {spend:.3} per rolling year, whatever they log (their ticks are capped at {} per {}).", p.max_ticks_per_supporter_period, p.granularity.as_str());
-            let _ = writeln!(out, "In plain words: the releases of a year reveal almost nothing about whether any one supporter was active, or how much.");
+            let _ = writeln!(
+                out,
+                "One supporter active all year is protected at {m} = {spend:.3} per rolling year, whatever they log (their ticks are capped at {} per {}).",
+                p.max_ticks_per_supporter_period,
+                p.granularity.as_str()
+            );
+            let _ = writeln!(
+                out,
+                "In plain words: the releases of a year reveal almost nothing about whether any one supporter was active, or how much."
+            );
         }
     }
     Ok(out)

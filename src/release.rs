@@ -74,17 +74,31 @@ pub fn domain(policy: &Policy, org: &Org, m: &Marginal) -> Vec<DomainCell> {
         MarginalKind::SupporterLoad => {
             return [LOAD_ACTIVE, LOAD_AT_THRESHOLD]
                 .iter()
-                .map(|v| DomainCell { key: [(LOAD_AXIS.to_string(), v.to_string())].into(), sensitive: false })
+                .map(|v| DomainCell {
+                    key: [(LOAD_AXIS.to_string(), v.to_string())].into(),
+                    sensitive: false,
+                })
                 .collect();
         }
         MarginalKind::Contacts(axes) => axes,
     };
-    let mut cells = vec![DomainCell { key: BTreeMap::new(), sensitive: false }];
+    let mut cells = vec![DomainCell {
+        key: BTreeMap::new(),
+        sensitive: false,
+    }];
     for (axis, name) in axes.iter().zip(&m.axis_names) {
         let values: Vec<(String, bool)> = match axis {
             Axis::Unit => org.units.iter().map(|u| (u.id.clone(), false)).collect(),
-            Axis::Dim(i) => policy.dimensions[*i].values.iter().map(|v| (v.id.clone(), v.sensitive)).collect(),
-            Axis::Group(i) => policy.dimensions[*i].groups.iter().map(|g| (g.id.clone(), false)).collect(),
+            Axis::Dim(i) => policy.dimensions[*i]
+                .values
+                .iter()
+                .map(|v| (v.id.clone(), v.sensitive))
+                .collect(),
+            Axis::Group(i) => policy.dimensions[*i]
+                .groups
+                .iter()
+                .map(|g| (g.id.clone(), false))
+                .collect(),
         };
         cells = cells
             .into_iter()
@@ -92,7 +106,10 @@ pub fn domain(policy: &Policy, org: &Org, m: &Marginal) -> Vec<DomainCell> {
                 values.iter().map(move |(v, s)| {
                     let mut key = c.key.clone();
                     key.insert(name.clone(), v.clone());
-                    DomainCell { key, sensitive: c.sensitive || *s }
+                    DomainCell {
+                        key,
+                        sensitive: c.sensitive || *s,
+                    }
                 })
             })
             .collect();
@@ -101,7 +118,12 @@ pub fn domain(policy: &Policy, org: &Org, m: &Marginal) -> Vec<DomainCell> {
 }
 
 /// The coordinates of raw cell `c` in marginal `m` (contacts marginals only).
-fn project(policy: &Policy, m: &Marginal, axes: &[Axis], c: &CellKey) -> Option<BTreeMap<String, String>> {
+fn project(
+    policy: &Policy,
+    m: &Marginal,
+    axes: &[Axis],
+    c: &CellKey,
+) -> Option<BTreeMap<String, String>> {
     let mut key = BTreeMap::new();
     for (axis, name) in axes.iter().zip(&m.axis_names) {
         let v = match axis {
@@ -118,7 +140,14 @@ fn project(policy: &Policy, m: &Marginal, axes: &[Axis], c: &CellKey) -> Option<
 }
 
 /// True counts of `m` over its domain, from raw cells of `org` (any periods handed in).
-pub fn true_counts(policy: &Policy, org: &Org, m: &Marginal, raw: &[(CellKey, u64)], supporters: &[u32], dom: &[DomainCell]) -> Vec<i64> {
+pub fn true_counts(
+    policy: &Policy,
+    org: &Org,
+    m: &Marginal,
+    raw: &[(CellKey, u64)],
+    supporters: &[u32],
+    dom: &[DomainCell],
+) -> Vec<i64> {
     let mut counts = vec![0i64; dom.len()];
     match &m.kind {
         MarginalKind::SupporterLoad => {
@@ -127,11 +156,13 @@ pub fn true_counts(policy: &Policy, org: &Org, m: &Marginal, raw: &[(CellKey, u6
             counts[1] = supporters.iter().filter(|&&n| n >= t).count() as i64;
         }
         MarginalKind::Contacts(axes) => {
-            let index: BTreeMap<&BTreeMap<String, String>, usize> = dom.iter().enumerate().map(|(i, c)| (&c.key, i)).collect();
+            let index: BTreeMap<&BTreeMap<String, String>, usize> =
+                dom.iter().enumerate().map(|(i, c)| (&c.key, i)).collect();
             for (cell, n) in raw.iter().filter(|(c, _)| c.org == org.id) {
                 // A raw cell whose value left the policy since it was logged has no place in
                 // the domain; it is left out rather than invented a cell for.
-                if let Some(i) = project(policy, m, axes, cell).and_then(|k| index.get(&k).copied()) {
+                if let Some(i) = project(policy, m, axes, cell).and_then(|k| index.get(&k).copied())
+                {
                     counts[i] += *n as i64;
                 }
             }
@@ -146,7 +177,11 @@ fn round_to_sum(x: &[f64], total: u64) -> Vec<u64> {
     let assigned: u64 = out.iter().sum();
     let mut rest = total.saturating_sub(assigned);
     let mut order: Vec<usize> = (0..x.len()).collect();
-    order.sort_by(|&a, &b| (x[b] - x[b].floor()).total_cmp(&(x[a] - x[a].floor())).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        (x[b] - x[b].floor())
+            .total_cmp(&(x[a] - x[a].floor()))
+            .then(a.cmp(&b))
+    });
     for &i in order.iter().cycle().take(x.len() * 2) {
         if rest == 0 {
             break;
@@ -187,7 +222,14 @@ pub fn fit_to_total(noisy: &[i64], var: &[f64], total: u64) -> Vec<u64> {
     let moved: Vec<f64> = noisy
         .iter()
         .zip(var)
-        .map(|(&y, &v)| y as f64 + if var_sum > 0.0 { gap * v / var_sum } else { gap / noisy.len() as f64 })
+        .map(|(&y, &v)| {
+            y as f64
+                + if var_sum > 0.0 {
+                    gap * v / var_sum
+                } else {
+                    gap / noisy.len() as f64
+                }
+        })
         .collect();
     round_to_sum(&project_simplex(&moved, total as f64), total)
 }
@@ -230,7 +272,10 @@ pub struct BatchInput<'a> {
 
 /// Draws and post-processes one batch. Returns the releases with their ledger entries.
 /// Builds OpenDP measurements: call from a blocking thread.
-pub fn draw_batch(input: &BatchInput<'_>, noise: &dyn NoiseSource) -> Result<Vec<(Release, LedgerEntry)>, DpError> {
+pub fn draw_batch(
+    input: &BatchInput<'_>,
+    noise: &dyn NoiseSource,
+) -> Result<Vec<(Release, LedgerEntry)>, DpError> {
     let p = input.policy;
     struct Drawn<'m> {
         m: &'m Marginal,
@@ -251,14 +296,23 @@ pub fn draw_batch(input: &BatchInput<'_>, noise: &dyn NoiseSource) -> Result<Vec
         let cal = dp::calibrate(p.privacy.mechanism, sens, budget, 1.0)?;
         let any_sensitive = dom.iter().any(|c| c.sensitive);
         let sens_cal = if any_sensitive && p.privacy.sensitive_noise_multiplier > 1.0 {
-            Some(dp::calibrate(p.privacy.mechanism, sens, budget, p.privacy.sensitive_noise_multiplier)?)
+            Some(dp::calibrate(
+                p.privacy.mechanism,
+                sens,
+                budget,
+                p.privacy.sensitive_noise_multiplier,
+            )?)
         } else {
             None
         };
         // Noise for ordinary and sensitive cells is drawn separately, each at its own scale.
-        let (plain_idx, sens_idx): (Vec<usize>, Vec<usize>) = (0..dom.len()).partition(|&i| !(dom[i].sensitive && sens_cal.is_some()));
+        let (plain_idx, sens_idx): (Vec<usize>, Vec<usize>) =
+            (0..dom.len()).partition(|&i| !(dom[i].sensitive && sens_cal.is_some()));
         let mut noisy = vec![0i64; dom.len()];
-        for (idx, c) in [(&plain_idx, &cal), (&sens_idx, sens_cal.as_ref().unwrap_or(&cal))] {
+        for (idx, c) in [
+            (&plain_idx, &cal),
+            (&sens_idx, sens_cal.as_ref().unwrap_or(&cal)),
+        ] {
             if idx.is_empty() {
                 continue;
             }
@@ -267,37 +321,74 @@ pub fn draw_batch(input: &BatchInput<'_>, noise: &dyn NoiseSource) -> Result<Vec
                 noisy[i] = v;
             }
         }
-        let cal_of = |i: usize| if sens_idx.contains(&i) { sens_cal.as_ref().unwrap_or(&cal) } else { &cal };
+        let cal_of = |i: usize| {
+            if sens_idx.contains(&i) {
+                sens_cal.as_ref().unwrap_or(&cal)
+            } else {
+                &cal
+            }
+        };
         let var = (0..dom.len()).map(|i| cal_of(i).variance).collect();
         let half = (0..dom.len()).map(|i| cal_of(i).ci_half_width).collect();
         // Under both units, a privacy unit's worst case is all its weight in ordinary cells
         // (the smaller scale), so that calibration's spend bounds the release's.
-        let spend = if plain_idx.is_empty() { sens_cal.map_or(cal.spend, |c| c.spend) } else { cal.spend };
-        drawn.push(Drawn { m, dom, noisy, var, half, cal, sens_cal, spend });
+        let spend = if plain_idx.is_empty() {
+            sens_cal.map_or(cal.spend, |c| c.spend)
+        } else {
+            cal.spend
+        };
+        drawn.push(Drawn {
+            m,
+            dom,
+            noisy,
+            var,
+            half,
+            cal,
+            sens_cal,
+            spend,
+        });
     }
 
     // Step 1: one total for the organisation-period.
     let mut estimates: Vec<Estimate> = drawn
         .iter()
         .filter(|d| matches!(d.m.kind, MarginalKind::Contacts(_)))
-        .map(|d| Estimate { value: d.noisy.iter().sum::<i64>() as f64, variance: d.var.iter().sum() })
+        .map(|d| Estimate {
+            value: d.noisy.iter().sum::<i64>() as f64,
+            variance: d.var.iter().sum(),
+        })
         .collect();
     let want: BTreeSet<Period> = input.covers.iter().copied().collect();
     let mut by_marginal: BTreeMap<&str, Vec<&Release>> = BTreeMap::new();
-    for r in input.finer.iter().filter(|r| r.kind == "contacts" && r.period != input.period) {
+    for r in input
+        .finer
+        .iter()
+        .filter(|r| r.kind == "contacts" && r.period != input.period)
+    {
         by_marginal.entry(r.marginal.as_str()).or_default().push(r);
     }
     for releases in by_marginal.values() {
-        let covered: Vec<Period> = releases.iter().flat_map(|r| r.covers.iter().copied()).collect();
+        let covered: Vec<Period> = releases
+            .iter()
+            .flat_map(|r| r.covers.iter().copied())
+            .collect();
         let set: BTreeSet<Period> = covered.iter().copied().collect();
         if set == want && covered.len() == set.len() {
             estimates.push(Estimate {
-                value: releases.iter().flat_map(|r| &r.cells).map(|c| c.noisy as f64).sum(),
+                value: releases
+                    .iter()
+                    .flat_map(|r| &r.cells)
+                    .map(|c| c.noisy as f64)
+                    .sum(),
                 variance: releases.iter().map(|r| r.noise_variance).sum(),
             });
         }
     }
-    let total = if estimates.is_empty() { 0 } else { combine(&estimates).round().max(0.0) as u64 };
+    let total = if estimates.is_empty() {
+        0
+    } else {
+        combine(&estimates).round().max(0.0) as u64
+    };
 
     let mut out = Vec::new();
     for d in drawn {
@@ -376,7 +467,13 @@ mod tests {
 
     #[test]
     fn fitting_keeps_the_total_and_never_goes_negative() {
-        let cases: [(&[i64], u64); 5] = [(&[-3, 5, 2, 0], 5), (&[10, 10, 10], 20), (&[0, 0, 0], 0), (&[-5, -5], 3), (&[7, -1, 2, 1, 0, 0], 9)];
+        let cases: [(&[i64], u64); 5] = [
+            (&[-3, 5, 2, 0], 5),
+            (&[10, 10, 10], 20),
+            (&[0, 0, 0], 0),
+            (&[-5, -5], 3),
+            (&[7, -1, 2, 1, 0, 0], 9),
+        ];
         for (noisy, total) in cases {
             let var = vec![1.0; noisy.len()];
             let fit = fit_to_total(noisy, &var, total);
@@ -390,7 +487,10 @@ mod tests {
     #[test]
     fn base_periods_tile_their_release_period() {
         let q: Period = "2026-Q4".parse().unwrap();
-        let months: Vec<String> = base_periods_in(q, Granularity::Month).iter().map(|p| p.to_string()).collect();
+        let months: Vec<String> = base_periods_in(q, Granularity::Month)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert_eq!(months, ["2026-10", "2026-11", "2026-12"]);
         let weeks = base_periods_in("2026".parse().unwrap(), Granularity::Week);
         assert_eq!(weeks.len(), 53);

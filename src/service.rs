@@ -14,7 +14,9 @@ use time::{Date, Duration};
 
 use crate::auth::{self, AuthError, PeriodSecret, ServerKey, SigningKey, Token};
 use crate::clock::Clock;
-use crate::domain::{CellKey, LedgerEntry, Period, PeriodState, Release, Role, TagSet, TokenRecord};
+use crate::domain::{
+    CellKey, LedgerEntry, Period, PeriodState, Release, Role, TagSet, TokenRecord,
+};
 use crate::dp::{DpError, NoiseSource, OpenDpNoise};
 use crate::policy::{Policy, PrivacyUnit, TagError};
 use crate::release::{self, BatchInput};
@@ -237,11 +239,16 @@ impl Service {
         let (key, _) = store.meta_get_or_create("server_key", fresh_secret)?;
         let server_key = ServerKey::from_bytes(&key)?;
         let (pkcs8, _) = store.meta_get_or_create("signing_key", || {
-            SigningKey::generate().map(|(_, doc)| doc).map_err(|e| StoreError::Secret(e.to_string()))
+            SigningKey::generate()
+                .map(|(_, doc)| doc)
+                .map_err(|e| StoreError::Secret(e.to_string()))
         })?;
         let signing = Arc::new(SigningKey::from_pkcs8(&pkcs8)?);
         if store.meta_text(EPOCH_KEY)?.is_none() {
-            store.set_meta_text(EPOCH_KEY, &Period::containing(policy.granularity, clock.today()).to_string())?;
+            store.set_meta_text(
+                EPOCH_KEY,
+                &Period::containing(policy.granularity, clock.today()).to_string(),
+            )?;
         }
         let service = Service {
             policy: Arc::new(policy),
@@ -432,7 +439,16 @@ impl Service {
 
     /// Every base period since the service started collecting, newest first.
     pub fn periods(&self, who: &Principal) -> Result<Vec<PeriodInfo>, ServiceError> {
-        require(who, &[Role::Admin, Role::Coordinator, Role::Leader, Role::Researcher], "an admin, coordinator, leader or researcher token")?;
+        require(
+            who,
+            &[
+                Role::Admin,
+                Role::Coordinator,
+                Role::Leader,
+                Role::Researcher,
+            ],
+            "an admin, coordinator, leader or researcher token",
+        )?;
         self.base_periods()?
             .into_iter()
             .rev()
@@ -638,15 +654,23 @@ impl Service {
         for m in &p.marginals {
             for b in &bases {
                 let period = b.within(m.cadence);
-                let last = *release::base_periods_in(period, p.granularity).last().unwrap_or(b);
+                let last = *release::base_periods_in(period, p.granularity)
+                    .last()
+                    .unwrap_or(b);
                 if self.is_closed(last, today) {
                     due.insert((period.end(), m.cadence, period));
                 }
             }
         }
         for (_, cadence, period) in due {
-            let covers: Vec<Period> = release::base_periods_in(period, p.granularity).into_iter().filter(|b| *b >= epoch).collect();
-            if covers.iter().any(|b| self.store.period_state(*b).ok().flatten() == Some(PeriodState::Purged)) {
+            let covers: Vec<Period> = release::base_periods_in(period, p.granularity)
+                .into_iter()
+                .filter(|b| *b >= epoch)
+                .collect();
+            if covers
+                .iter()
+                .any(|b| self.store.period_state(*b).ok().flatten() == Some(PeriodState::Purged))
+            {
                 continue;
             }
             for org in &p.orgs {
@@ -654,7 +678,13 @@ impl Service {
                     .marginals
                     .iter()
                     .filter(|m| m.cadence == cadence)
-                    .filter(|m| !matches!(self.store.release(&release::release_id(period, &org.id, &m.id)), Ok(Some(_))))
+                    .filter(|m| {
+                        !matches!(
+                            self.store
+                                .release(&release::release_id(period, &org.id, &m.id)),
+                            Ok(Some(_))
+                        )
+                    })
                     .collect();
                 if missing.is_empty() {
                     continue;
@@ -671,17 +701,25 @@ impl Service {
         }
         for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
             let state = self.store.period_state(b)?;
-            if state == Some(PeriodState::Closed) && self.releases_ending_with(b)?.iter().all(|(_, done)| *done) {
+            if state == Some(PeriodState::Closed)
+                && self.releases_ending_with(b)?.iter().all(|(_, done)| *done)
+            {
                 self.store.set_period_state(b, PeriodState::Released)?;
             }
-            if self.store.period_state(b)? == Some(PeriodState::Released) && self.purge_due(b, today)? {
+            if self.store.period_state(b)? == Some(PeriodState::Released)
+                && self.purge_due(b, today)?
+            {
                 self.store.purge(b)?;
                 report.purged.push(b);
             }
         }
         self.store.flush()?;
         if !report.drawn.is_empty() || !report.purged.is_empty() {
-            tracing::info!(drawn = report.drawn.len(), purged = report.purged.len(), "lifecycle job ran");
+            tracing::info!(
+                drawn = report.drawn.len(),
+                purged = report.purged.len(),
+                "lifecycle job ran"
+            );
         }
         Ok(report)
     }
@@ -712,7 +750,11 @@ impl Service {
         for m in &p.marginals {
             let period = b.within(m.cadence);
             for org in &p.orgs {
-                if self.store.release(&release::release_id(period, &org.id, &m.id))?.is_none() {
+                if self
+                    .store
+                    .release(&release::release_id(period, &org.id, &m.id))?
+                    .is_none()
+                {
                     return Ok(false);
                 }
             }
@@ -724,12 +766,23 @@ impl Service {
     }
 
     /// Draws one batch and writes it with its ledger entries, after the budget check.
-    fn draw_and_commit(&self, org: &crate::policy::Org, period: Period, covers: Vec<Period>, marginals: Vec<&crate::policy::Marginal>) -> Result<Vec<String>, ServiceError> {
+    fn draw_and_commit(
+        &self,
+        org: &crate::policy::Org,
+        period: Period,
+        covers: Vec<Period>,
+        marginals: Vec<&crate::policy::Marginal>,
+    ) -> Result<Vec<String>, ServiceError> {
         let p = &*self.policy;
         let mut raw = Vec::new();
         let mut supporters = Vec::new();
         for b in &covers {
-            raw.extend(self.store.cells_of(*b)?.into_iter().filter(|(c, _)| c.org == org.id));
+            raw.extend(
+                self.store
+                    .cells_of(*b)?
+                    .into_iter()
+                    .filter(|(c, _)| c.org == org.id),
+            );
             supporters.extend(self.store.supporter_counts(*b, &org.id)?);
         }
         let cover_set: BTreeSet<Period> = covers.iter().copied().collect();
@@ -737,9 +790,22 @@ impl Service {
             .store
             .releases("")?
             .into_iter()
-            .filter(|r| r.org == org.id && !r.covers.is_empty() && r.covers.iter().all(|c| cover_set.contains(c)))
+            .filter(|r| {
+                r.org == org.id
+                    && !r.covers.is_empty()
+                    && r.covers.iter().all(|c| cover_set.contains(c))
+            })
             .collect();
-        let input = BatchInput { policy: p, org, period, covers: covers.clone(), marginals, raw: &raw, supporters: &supporters, finer: &finer };
+        let input = BatchInput {
+            policy: p,
+            org,
+            period,
+            covers: covers.clone(),
+            marginals,
+            raw: &raw,
+            supporters: &supporters,
+            finer: &finer,
+        };
         let batch = release::draw_batch(&input, &*self.noise)?;
         self.check_budget(&org.id, period, &covers, &batch)?;
         self.store.commit_releases(&batch)?;
@@ -748,19 +814,40 @@ impl Service {
 
     /// Refuses a batch that would take any covered base period (unit `contact`) or the rolling
     /// year (unit `supporter`) over the budget.
-    fn check_budget(&self, org: &str, period: Period, covers: &[Period], batch: &[(Release, LedgerEntry)]) -> Result<(), ServiceError> {
+    fn check_budget(
+        &self,
+        org: &str,
+        period: Period,
+        covers: &[Period],
+        batch: &[(Release, LedgerEntry)],
+    ) -> Result<(), ServiceError> {
         let p = &*self.policy;
-        let ledger: Vec<LedgerEntry> = self.store.ledger()?.into_iter().filter(|e| e.org == org).collect();
+        let ledger: Vec<LedgerEntry> = self
+            .store
+            .ledger()?
+            .into_iter()
+            .filter(|e| e.org == org)
+            .collect();
         let add: f64 = batch.iter().map(|(_, l)| l.spend).sum();
         let spent = match p.privacy.unit {
             PrivacyUnit::Contact => covers
                 .iter()
-                .map(|b| ledger.iter().filter(|e| e.covers.contains(b)).map(|e| e.spend).sum::<f64>())
+                .map(|b| {
+                    ledger
+                        .iter()
+                        .filter(|e| e.covers.contains(b))
+                        .map(|e| e.spend)
+                        .sum::<f64>()
+                })
                 .fold(0.0, f64::max),
             PrivacyUnit::Supporter => {
                 let end = period.end();
                 let start = end - Duration::days(365);
-                ledger.iter().filter(|e| e.period.end() > start && e.period.end() <= end).map(|e| e.spend).sum()
+                ledger
+                    .iter()
+                    .filter(|e| e.period.end() > start && e.period.end() <= end)
+                    .map(|e| e.spend)
+                    .sum()
             }
         };
         if spent + add > p.privacy.budget * (1.0 + 1e-9) {
@@ -778,14 +865,24 @@ impl Service {
 
     /// Releases a closed base period on demand (admin). Idempotent: a period released before
     /// returns the same releases and spends nothing.
-    pub async fn release_period(&self, who: &Principal, text: &str) -> Result<(PeriodState, Vec<Release>), ServiceError> {
+    pub async fn release_period(
+        &self,
+        who: &Principal,
+        text: &str,
+    ) -> Result<(PeriodState, Vec<Release>), ServiceError> {
         require(who, &[Role::Admin], "an admin token")?;
         let period: Period = text.parse().map_err(ServiceError::InvalidPeriod)?;
         if period.granularity() != self.policy.granularity {
-            return Err(ServiceError::InvalidPeriod(format!("`{text}` is not a {} of this scheme", self.policy.granularity.as_str())));
+            return Err(ServiceError::InvalidPeriod(format!(
+                "`{text}` is not a {} of this scheme",
+                self.policy.granularity.as_str()
+            )));
         }
         if period < self.epoch()? {
-            return Err(ServiceError::NotReleasable { period, why: "it is before the service started collecting".into() });
+            return Err(ServiceError::NotReleasable {
+                period,
+                why: "it is before the service started collecting".into(),
+            });
         }
         if !self.is_closed(period, self.clock.today()) {
             return Err(ServiceError::NotReleasable {
@@ -803,10 +900,15 @@ impl Service {
                     let detail = report
                         .refused
                         .iter()
-                        .find(|(r, _)| r.rsplit_once('/').map(|x| x.0) == id.rsplit_once('/').map(|x| x.0))
+                        .find(|(r, _)| {
+                            r.rsplit_once('/').map(|x| x.0) == id.rsplit_once('/').map(|x| x.0)
+                        })
                         .map(|(_, d)| d.clone())
                         .unwrap_or_else(|| "it would go over the privacy budget".into());
-                    return Err(ServiceError::BudgetExceeded { release: id, detail });
+                    return Err(ServiceError::BudgetExceeded {
+                        release: id,
+                        detail,
+                    });
                 }
             }
         }
@@ -814,12 +916,26 @@ impl Service {
     }
 
     /// The organisation a reader is limited to, checked against a requested one.
-    fn read_scope(&self, who: &Principal, requested: Option<&str>) -> Result<Option<String>, ServiceError> {
-        require(who, &[Role::Admin, Role::Researcher, Role::Coordinator, Role::Leader], "an admin, researcher, coordinator or leader token")?;
-        if let Some(org) = requested {
-            if self.policy.org(org).is_none() {
-                return Err(ServiceError::UnknownFilter { field: "org", value: org.to_string() });
-            }
+    fn read_scope(
+        &self,
+        who: &Principal,
+        requested: Option<&str>,
+    ) -> Result<Option<String>, ServiceError> {
+        require(
+            who,
+            &[
+                Role::Admin,
+                Role::Researcher,
+                Role::Coordinator,
+                Role::Leader,
+            ],
+            "an admin, researcher, coordinator or leader token",
+        )?;
+        if let Some(org) = requested.filter(|o| self.policy.org(o).is_none()) {
+            return Err(ServiceError::UnknownFilter {
+                field: "org",
+                value: org.to_string(),
+            });
         }
         match (&who.org, who.role) {
             (Some(own), Role::Coordinator | Role::Leader) => match requested {
@@ -831,14 +947,25 @@ impl Service {
     }
 
     /// Stored releases the caller may read, filtered. Reads never draw noise.
-    pub fn releases(&self, who: &Principal, filter: &ReleaseFilter) -> Result<Vec<Release>, ServiceError> {
+    pub fn releases(
+        &self,
+        who: &Principal,
+        filter: &ReleaseFilter,
+    ) -> Result<Vec<Release>, ServiceError> {
         let org = self.read_scope(who, filter.org.as_deref())?;
         let period = match &filter.period {
             Some(t) => Some(t.parse::<Period>().map_err(ServiceError::InvalidPeriod)?),
             None => None,
         };
-        if let Some(m) = filter.marginal.as_deref().filter(|m| self.policy.marginal(m).is_none()) {
-            return Err(ServiceError::UnknownFilter { field: "marginal", value: m.to_string() });
+        if let Some(m) = filter
+            .marginal
+            .as_deref()
+            .filter(|m| self.policy.marginal(m).is_none())
+        {
+            return Err(ServiceError::UnknownFilter {
+                field: "marginal",
+                value: m.to_string(),
+            });
         }
         let prefix = period.map(|p| format!("{p}/")).unwrap_or_default();
         Ok(self
@@ -854,7 +981,12 @@ impl Service {
     pub fn budget(&self, who: &Principal) -> Result<serde_json::Value, ServiceError> {
         let org = self.read_scope(who, None)?;
         let p = &*self.policy;
-        let entries: Vec<LedgerEntry> = self.store.ledger()?.into_iter().filter(|e| org.as_ref().is_none_or(|o| &e.org == o)).collect();
+        let entries: Vec<LedgerEntry> = self
+            .store
+            .ledger()?
+            .into_iter()
+            .filter(|e| org.as_ref().is_none_or(|o| &e.org == o))
+            .collect();
         let mut per_base: BTreeMap<(&str, Period), f64> = BTreeMap::new();
         for e in &entries {
             for b in &e.covers {
@@ -862,7 +994,11 @@ impl Service {
             }
         }
         let mut orgs = Vec::new();
-        for o in p.orgs.iter().filter(|o| org.as_ref().is_none_or(|x| x == &o.id)) {
+        for o in p
+            .orgs
+            .iter()
+            .filter(|o| org.as_ref().is_none_or(|x| x == &o.id))
+        {
             let periods: Vec<serde_json::Value> = per_base
                 .iter()
                 .filter(|((oid, _), _)| *oid == o.id)
@@ -892,7 +1028,8 @@ impl Service {
     /// covers the canonical JSON of the `releases` value (keys sorted, no spaces), so a saved
     /// file can be checked offline with `tellestrek verify`.
     pub fn signed_export(&self, releases: &[Release]) -> Result<serde_json::Value, ServiceError> {
-        let value = serde_json::to_value(releases).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let value =
+            serde_json::to_value(releases).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let message = canonical_json(&value);
         Ok(serde_json::json!({
             "releases": value,
@@ -920,13 +1057,21 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
 /// Checks a saved export offline: the signature over its `releases`, with `public_key` if
 /// given, else the key embedded in the file. Returns how many releases it holds.
 pub fn verify_export(text: &str, public_key: Option<&str>) -> Result<usize, String> {
-    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("the file is not JSON: {e}"))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the file is not JSON: {e}"))?;
     let releases = doc.get("releases").ok_or("the file has no `releases`")?;
     let sig = doc.get("signature").ok_or("the file has no `signature`")?;
-    let value = sig.get("value").and_then(|v| v.as_str()).ok_or("the signature has no `value`")?;
+    let value = sig
+        .get("value")
+        .and_then(|v| v.as_str())
+        .ok_or("the signature has no `value`")?;
     let key = match public_key {
         Some(k) => k.to_string(),
-        None => sig.get("public_key").and_then(|v| v.as_str()).ok_or("the signature names no `public_key`")?.to_string(),
+        None => sig
+            .get("public_key")
+            .and_then(|v| v.as_str())
+            .ok_or("the signature names no `public_key`")?
+            .to_string(),
     };
     if !auth::verify_signature(&key, canonical_json(releases).as_bytes(), value) {
         return Err("the signature does not match: the file was changed after it was signed, or signed by another key".into());

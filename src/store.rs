@@ -73,7 +73,11 @@ pub enum StoreError {
 
 /// A flush request: which database (a period's raw one, or the main one), its handle, and who
 /// to tell.
-type Waiter = (Option<Period>, sled::Db, oneshot::Sender<Result<(), String>>);
+type Waiter = (
+    Option<Period>,
+    sled::Db,
+    oneshot::Sender<Result<(), String>>,
+);
 
 /// Cache of each period database; raw data is small (a few thousand cells a period).
 const PERIOD_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -168,7 +172,11 @@ impl Store {
         if !create && !path.exists() {
             return Ok(None);
         }
-        let db = sled::Config::new().path(path).cache_capacity(PERIOD_CACHE_BYTES).flush_every_ms(None).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(PERIOD_CACHE_BYTES)
+            .flush_every_ms(None)
+            .open()?;
         open.insert(period, db.clone());
         Ok(Some(db))
     }
@@ -189,7 +197,9 @@ impl Store {
 
     async fn durable_db(&self, which: Option<Period>, db: sled::Db) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.flusher.send((which, db, tx)).map_err(|_| StoreError::ShuttingDown)?;
+        self.flusher
+            .send((which, db, tx))
+            .map_err(|_| StoreError::ShuttingDown)?;
         rx.await
             .map_err(|_| StoreError::ShuttingDown)?
             .map_err(|e| StoreError::Corrupt(format!("flush failed: {e}")))
@@ -198,7 +208,13 @@ impl Store {
     /// Flushes every open database synchronously (shutdown, CLI, management writes).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        let open: Vec<sled::Db> = self.raw.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let open: Vec<sled::Db> = self
+            .raw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for db in open {
             db.flush()?;
         }
@@ -226,7 +242,9 @@ impl Store {
         period: Period,
         make: impl FnOnce() -> Result<Vec<u8>, StoreError>,
     ) -> Result<Vec<u8>, StoreError> {
-        let db = self.period_db(period, true)?.ok_or_else(|| StoreError::Corrupt(format!("no raw database for {period}")))?;
+        let db = self
+            .period_db(period, true)?
+            .ok_or_else(|| StoreError::Corrupt(format!("no raw database for {period}")))?;
         get_or_create(&db, "secret", make).map(|(v, _)| v)
     }
 
@@ -235,7 +253,9 @@ impl Store {
     /// supporter's contacts in the period after the tick. Not yet durable: await
     /// [`Store::durable_period`] before acknowledging.
     pub fn apply_tick(&self, w: &TickWrite) -> Result<u32, StoreError> {
-        let db = self.period_db(w.period, true)?.ok_or_else(|| StoreError::Corrupt(format!("no raw database for {}", w.period)))?;
+        let db = self
+            .period_db(w.period, true)?
+            .ok_or_else(|| StoreError::Corrupt(format!("no raw database for {}", w.period)))?;
         let (cells, load) = (db.open_tree("cells")?, db.open_tree("load")?);
         let flags: &sled::Tree = &db;
         let cell_key = encode_cell(&w.cell);
@@ -243,14 +263,22 @@ impl Store {
         (&cells, &load, flags)
             .transaction(|(cells, load, flags)| {
                 if flags.get(b"closed")?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::PeriodNotOpen(PeriodState::Closed)));
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::PeriodNotOpen(PeriodState::Closed),
+                    ));
                 }
                 let used = load.get(&load_key)?.map(|v| be_u32(&v)).unwrap_or(0);
                 if u64::from(used) + u64::from(w.count) > u64::from(w.cap) {
-                    return Err(ConflictableTransactionError::Abort(StoreError::OverCap { used, cap: w.cap }));
+                    return Err(ConflictableTransactionError::Abort(StoreError::OverCap {
+                        used,
+                        cap: w.cap,
+                    }));
                 }
                 let cell = cells.get(&cell_key)?.map(|v| be_u64(&v)).unwrap_or(0);
-                cells.insert(cell_key.as_slice(), &(cell + u64::from(w.count)).to_be_bytes())?;
+                cells.insert(
+                    cell_key.as_slice(),
+                    &(cell + u64::from(w.count)).to_be_bytes(),
+                )?;
                 let now = used + w.count;
                 load.insert(load_key.as_slice(), &now.to_be_bytes())?;
                 Ok(now)
@@ -280,7 +308,11 @@ impl Store {
             return Ok(Vec::new());
         };
         let prefix = format!("{period}/{org}/");
-        db.open_tree("load")?.scan_prefix(prefix.as_bytes()).values().map(|v| Ok(be_u32(&v?))).collect()
+        db.open_tree("load")?
+            .scan_prefix(prefix.as_bytes())
+            .values()
+            .map(|v| Ok(be_u32(&v?)))
+            .collect()
     }
 
     /// Every byte of the counting data (raw databases, period states, tokens), for tests that
@@ -312,7 +344,11 @@ impl Store {
     pub fn raw_periods(&self) -> Result<Vec<Period>, StoreError> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.raw_dir)? {
-            if let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse::<Period>().ok()) {
+            if let Some(p) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Period>().ok())
+            {
                 out.push(p);
             }
         }
@@ -322,17 +358,21 @@ impl Store {
 
     /// The recorded state of `period` (none while open).
     pub fn period_state(&self, period: Period) -> Result<Option<PeriodState>, StoreError> {
-        Ok(self.periods.get(period.to_string())?.and_then(|v| decode_state(&v)))
+        Ok(self
+            .periods
+            .get(period.to_string())?
+            .and_then(|v| decode_state(&v)))
     }
 
     /// Records a state for `period`. Closing also sets the flag in its raw database, inside
     /// which ticks check it, so no tick lands after the close.
     pub fn set_period_state(&self, period: Period, state: PeriodState) -> Result<(), StoreError> {
-        if state != PeriodState::Open {
-            if let Some(db) = self.period_db(period, false)? {
-                db.insert("closed", &[1u8])?;
-                db.flush()?;
-            }
+        if let Some(db) = self
+            .period_db(period, false)?
+            .filter(|_| state != PeriodState::Open)
+        {
+            db.insert("closed", &[1u8])?;
+            db.flush()?;
         }
         self.periods.insert(period.to_string(), state.as_str())?;
         Ok(())
@@ -352,18 +392,29 @@ impl Store {
 
     /// The token record stored under `hash`.
     pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        self.tokens.get(hash)?.map(|v| decode(&v, "token record")).transpose()
+        self.tokens
+            .get(hash)?
+            .map(|v| decode(&v, "token record"))
+            .transpose()
     }
 
     /// Every token record.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens.iter().values().map(|v| decode(&v?, "token record")).collect()
+        self.tokens
+            .iter()
+            .values()
+            .map(|v| decode(&v?, "token record"))
+            .collect()
     }
 
     /// The token record with public id `id`.
     pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         match self.token_ids.get(id)? {
-            Some(hash) => self.tokens.get(hash)?.map(|v| decode(&v, "token record")).transpose(),
+            Some(hash) => self
+                .tokens
+                .get(hash)?
+                .map(|v| decode(&v, "token record"))
+                .transpose(),
             None => Ok(None),
         }
     }
@@ -384,13 +435,17 @@ impl Store {
     /// Writes releases and their ledger entries in one transaction, refusing the whole batch
     /// if any of its releases exists already; then flushes. Releases are never overwritten.
     pub fn commit_releases(&self, batch: &[(Release, LedgerEntry)]) -> Result<(), StoreError> {
-        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> =
-            batch.iter().map(|(r, l)| Ok((r.id.clone(), encode(r)?, encode(l)?))).collect::<Result<_, StoreError>>()?;
+        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = batch
+            .iter()
+            .map(|(r, l)| Ok((r.id.clone(), encode(r)?, encode(l)?)))
+            .collect::<Result<_, StoreError>>()?;
         (&self.releases, &self.ledger)
             .transaction(|(releases, ledger)| {
                 for (id, r, l) in &encoded {
                     if releases.get(id.as_bytes())?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(StoreError::AlreadyReleased(id.clone())));
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::AlreadyReleased(id.clone()),
+                        ));
                     }
                     releases.insert(id.as_bytes(), r.as_slice())?;
                     ledger.insert(id.as_bytes(), l.as_slice())?;
@@ -404,23 +459,38 @@ impl Store {
 
     /// The release with this id.
     pub fn release(&self, id: &str) -> Result<Option<Release>, StoreError> {
-        self.releases.get(id)?.map(|v| decode(&v, "release")).transpose()
+        self.releases
+            .get(id)?
+            .map(|v| decode(&v, "release"))
+            .transpose()
     }
 
     /// Every release whose id starts with `prefix` (a period, or `PERIOD/ORG/`), in id order.
     pub fn releases(&self, prefix: &str) -> Result<Vec<Release>, StoreError> {
-        self.releases.scan_prefix(prefix).values().map(|v| decode(&v?, "release")).collect()
+        self.releases
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| decode(&v?, "release"))
+            .collect()
     }
 
     /// Every ledger entry.
     pub fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.ledger.iter().values().map(|v| decode(&v?, "ledger entry")).collect()
+        self.ledger
+            .iter()
+            .values()
+            .map(|v| decode(&v?, "ledger entry"))
+            .collect()
     }
 
     /// Deletes a base period's raw database (cells, supporter counters, pseudonym secret) from
     /// disk, and records the period as purged. Releases are kept.
     pub fn purge(&self, period: Period) -> Result<(), StoreError> {
-        let db = self.raw.lock().unwrap_or_else(|p| p.into_inner()).remove(&period);
+        let db = self
+            .raw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&period);
         if let Some(db) = db {
             db.flush()?;
             drop(db);
@@ -429,14 +499,18 @@ impl Store {
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }
-        self.periods.insert(period.to_string(), PeriodState::Purged.as_str())?;
+        self.periods
+            .insert(period.to_string(), PeriodState::Purged.as_str())?;
         self.db.flush()?;
         Ok(())
     }
 
     /// A small text value in `meta` (the first period the service collected, for instance).
     pub fn meta_text(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.meta.get(name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self
+            .meta
+            .get(name)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Sets a small text value in `meta`.

@@ -30,20 +30,38 @@ async fn trial(kill_after: u64) {
     }
     let acked = Arc::new(AtomicU64::new(0));
     let enough = Arc::new(Notify::new());
-    let per_client: Vec<Arc<AtomicU64>> = (0..CLIENTS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let per_client: Vec<Arc<AtomicU64>> =
+        (0..CLIENTS).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let org = policy.org("helse-vestfjord").unwrap();
     let mut tasks = Vec::new();
     for (n, token) in tokens.into_iter().enumerate() {
         // Each client has a cell of its own (unit x duration), so counts are checked per client.
         let unit = org.units[n % org.units.len()].id.clone();
-        let varighet = policy.dimension("varighet").unwrap().values[n / org.units.len()].id.clone();
-        let mut tags: serde_json::Map<String, serde_json::Value> = policy.dimensions.iter().map(|d| (d.id.clone(), json!(d.values[0].id))).collect();
+        let varighet = policy.dimension("varighet").unwrap().values[n / org.units.len()]
+            .id
+            .clone();
+        let mut tags: serde_json::Map<String, serde_json::Value> = policy
+            .dimensions
+            .iter()
+            .map(|d| (d.id.clone(), json!(d.values[0].id)))
+            .collect();
         tags.insert("varighet".into(), json!(varighet));
         let body = json!({"org": "helse-vestfjord", "unit": unit, "tags": tags});
-        let (c, base, acked, enough, mine) = (c.clone(), base.clone(), acked.clone(), enough.clone(), per_client[n].clone());
+        let (c, base, acked, enough, mine) = (
+            c.clone(),
+            base.clone(),
+            acked.clone(),
+            enough.clone(),
+            per_client[n].clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
-                let r = c.post(format!("{base}/api/v1/ticks")).bearer_auth(&token).json(&body).send().await;
+                let r = c
+                    .post(format!("{base}/api/v1/ticks"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status() == 201 => {
                         mine.fetch_add(1, Ordering::SeqCst);
@@ -59,15 +77,25 @@ async fn trial(kill_after: u64) {
     }
     enough.notified().await;
     server.kill9();
-    let acked_at_kill: Vec<u64> = per_client.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let acked_at_kill: Vec<u64> = per_client
+        .iter()
+        .map(|a| a.load(Ordering::SeqCst))
+        .collect();
     for t in tasks {
         t.await.unwrap();
     }
 
     // Restart: the binary opens the crashed directory and takes ticks again.
     let again = Binary::serve(&data, Some(&policy_path), Some(ADMIN));
-    assert!(!again.banner.contains("Created the admin token"), "restart must not create a new admin");
-    let r = c.get(format!("{}/healthz", again.base)).send().await.unwrap();
+    assert!(
+        !again.banner.contains("Created the admin token"),
+        "restart must not create a new admin"
+    );
+    let r = c
+        .get(format!("{}/healthz", again.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(again.terminate().success());
 
@@ -76,9 +104,16 @@ async fn trial(kill_after: u64) {
     for (n, want) in acked_at_kill.iter().enumerate() {
         let unit = &org.units[n % org.units.len()].id;
         let varighet = &policy.dimension("varighet").unwrap().values[n / org.units.len()].id;
-        let got: u64 = cells.iter().filter(|(k, _)| &k.unit == unit && k.tags["varighet"] == *varighet).map(|(_, v)| v).sum();
+        let got: u64 = cells
+            .iter()
+            .filter(|(k, _)| &k.unit == unit && k.tags["varighet"] == *varighet)
+            .map(|(_, v)| v)
+            .sum();
         // Acknowledged ticks are all there; at most one more per client was in flight.
-        assert!(got >= *want && got <= want + 1, "trial {kill_after}: client {n} had {want} acknowledged, store has {got}");
+        assert!(
+            got >= *want && got <= want + 1,
+            "trial {kill_after}: client {n} had {want} acknowledged, store has {got}"
+        );
     }
     let total_acked: u64 = acked_at_kill.iter().sum();
     assert!(total_acked >= kill_after);

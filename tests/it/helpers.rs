@@ -13,6 +13,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tellestrek::clock::FixedClock;
+use tellestrek::dp::{NoiseSource, OpenDpNoise, ZeroNoise};
 use tellestrek::policy::Policy;
 use tellestrek::server::app;
 use tellestrek::service::Service;
@@ -41,35 +42,104 @@ impl TestApp {
         TestApp::with_policy(Policy::builtin())
     }
 
-    /// A given policy at [`NOW`].
+    /// A given policy at [`NOW`], with OpenDP noise.
     pub fn with_policy(policy: Policy) -> TestApp {
+        TestApp::build(policy, Arc::new(OpenDpNoise))
+    }
+
+    /// The built-in policy at [`NOW`] with no noise, for exact checks of aggregation.
+    pub fn zero_noise() -> TestApp {
+        TestApp::build(Policy::builtin(), Arc::new(ZeroNoise))
+    }
+
+    /// An app on a fresh directory with the given policy and noise.
+    pub fn build(policy: Policy, noise: Arc<dyn NoiseSource>) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FixedClock::new(NOW));
         let (svc, created) = Service::open(dir.path(), policy, clock.clone(), Some(ADMIN)).unwrap();
-        assert!(created.is_some(), "an empty data directory creates the admin token");
-        TestApp { router: app(svc.clone()), svc, clock, dir }
+        assert!(
+            created.is_some(),
+            "an empty data directory creates the admin token"
+        );
+        let svc = svc.with_noise(noise);
+        TestApp {
+            router: app(svc.clone()),
+            svc,
+            clock,
+            dir,
+        }
+    }
+
+    /// Logs `count` contacts as `token` in `unit` of `org`, with the first value of every
+    /// dimension except those in `tags`.
+    pub async fn tick(
+        &self,
+        token: &str,
+        org: &str,
+        unit: &str,
+        tags: &[(&str, &str)],
+        count: u32,
+    ) {
+        let mut body = tick_body();
+        body["org"] = json!(org);
+        body["unit"] = json!(unit);
+        body["count"] = json!(count);
+        for (d, v) in tags {
+            body["tags"][*d] = json!(v);
+        }
+        let (s, v) = self
+            .call("POST", "/api/v1/ticks", Some(token), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// Moves the clock to the given instant.
+    pub fn at(&self, when: OffsetDateTime) {
+        self.clock.set(when);
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON.
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let bytes = body.map(|b| b.to_string().into_bytes());
-        self.raw(method, path, token, bytes, "application/json").await
+        self.raw(method, path, token, bytes, "application/json")
+            .await
     }
 
     /// Sends raw body bytes with a given content type.
-    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>, content_type: &str) -> (StatusCode, Value) {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = match body {
-            Some(b) => req.header("content-type", content_type).body(Body::from(b)).unwrap(),
+            Some(b) => req
+                .header("content-type", content_type)
+                .body(Body::from(b))
+                .unwrap(),
             None => req.body(Body::empty()).unwrap(),
         };
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         (status, json)
     }
 
@@ -79,7 +149,9 @@ impl TestApp {
         if let Some(o) = org {
             body["org"] = json!(o);
         }
-        let (status, v) = self.call("POST", "/api/v1/tokens", Some(ADMIN), Some(body)).await;
+        let (status, v) = self
+            .call("POST", "/api/v1/tokens", Some(ADMIN), Some(body))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
@@ -91,21 +163,34 @@ impl TestApp {
 
     /// The sum of all raw cells of a period (read in-process; no interface serves this).
     pub fn total(&self, period: &str) -> u64 {
-        self.svc.store().cells_of(period.parse().unwrap()).unwrap().iter().map(|(_, n)| n).sum()
+        self.svc
+            .store()
+            .cells_of(period.parse().unwrap())
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
 /// A valid tick body for helse-vestfjord/akuttmottak with the first value of every dimension.
 pub fn tick_body() -> Value {
     let p = Policy::builtin();
-    let tags: serde_json::Map<String, Value> = p.dimensions.iter().map(|d| (d.id.clone(), json!(d.values[0].id))).collect();
+    let tags: serde_json::Map<String, Value> = p
+        .dimensions
+        .iter()
+        .map(|d| (d.id.clone(), json!(d.values[0].id)))
+        .collect();
     json!({"org": "helse-vestfjord", "unit": "akuttmottak", "tags": tags})
 }
 
 /// The built-in policy with a higher per-supporter cap, written to `dir`, for load and crash
 /// tests that send many ticks from few tokens.
 pub fn roomy_policy_file(dir: &Path) -> std::path::PathBuf {
-    let text = tellestrek::policy::DEFAULT_POLICY.replace("max_per_supporter_per_period = 40", "max_per_supporter_per_period = 10000");
+    let text = tellestrek::policy::DEFAULT_POLICY.replace(
+        "max_per_supporter_per_period = 40",
+        "max_per_supporter_per_period = 10000",
+    );
     assert_ne!(text, tellestrek::policy::DEFAULT_POLICY);
     let path = dir.join("roomy.toml");
     std::fs::write(&path, text).unwrap();
@@ -124,30 +209,59 @@ impl Binary {
     /// Starts `tellestrek serve` on port 0 and waits until it listens.
     pub fn serve(data: &Path, policy: Option<&Path>, admin: Option<&str>) -> Binary {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tellestrek"));
-        cmd.arg("serve").arg("--data").arg(data).arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg("127.0.0.1:0");
         if let Some(p) = policy {
             cmd.arg("--policy").arg(p);
         }
-        cmd.env_remove("TELLESTREK_ADMIN_TOKEN").env("TELLESTREK_NOW", "2026-11-23T10:00:00Z").env("TELLESTREK_LOG", "warn");
+        cmd.env_remove("TELLESTREK_ADMIN_TOKEN")
+            .env("TELLESTREK_NOW", "2026-11-23T10:00:00Z")
+            .env("TELLESTREK_LOG", "warn");
         if let Some(a) = admin {
             cmd.env("TELLESTREK_ADMIN_TOKEN", a);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        let mut banner = String::new();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // Owned by `Binary` from here on, so a panic below still kills it (Drop).
+        let mut bin = Binary {
+            child,
+            base: String::new(),
+            banner: String::new(),
+        };
+        let mut reader = BufReader::new(bin.child.stdout.take().unwrap());
         loop {
             let mut line = String::new();
-            assert!(reader.read_line(&mut line).unwrap() > 0, "the binary exited before listening: {banner}");
-            banner.push_str(&line);
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "the binary exited before listening: {}",
+                bin.banner
+            );
+            bin.banner.push_str(&line);
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let base = rest.split_whitespace().next().unwrap().to_string();
+                bin.base = rest.split_whitespace().next().unwrap().to_string();
                 // Keep draining stdout so the child never blocks on a full pipe.
                 std::thread::spawn(move || for _ in reader.lines() {});
-                return Binary { child, base, banner };
+                return bin;
             }
         }
     }
+}
 
+impl Drop for Binary {
+    /// A test that fails midway must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -156,7 +270,11 @@ impl Binary {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let ok = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
         self.child.wait().unwrap()
     }
@@ -164,16 +282,34 @@ impl Binary {
 
 /// A reqwest client for talking to a started binary.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
 }
 
 /// Creates a token on a running binary.
-pub async fn remote_token(c: &reqwest::Client, base: &str, admin: &str, role: &str, org: Option<&str>) -> String {
+pub async fn remote_token(
+    c: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    role: &str,
+    org: Option<&str>,
+) -> String {
     let mut body = json!({"role": role});
     if let Some(o) = org {
         body["org"] = json!(o);
     }
-    let r = c.post(format!("{base}/api/v1/tokens")).bearer_auth(admin).json(&body).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/api/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

@@ -15,12 +15,21 @@ use tellestrek::policy::Policy;
 use crate::helpers::{ADMIN, TestApp};
 
 /// Free text that clients tried to send; none of it may be stored.
-const CANARIES: [&str; 4] = ["Kari Nordmann", "canary-free-text", "overdose", "12345678901"];
+const CANARIES: [&str; 4] = [
+    "Kari Nordmann",
+    "canary-free-text",
+    "overdose",
+    "12345678901",
+];
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() { files(&p, out) } else { out.push(p) }
+        if p.is_dir() {
+            files(&p, out)
+        } else {
+            out.push(p)
+        }
     }
 }
 
@@ -45,9 +54,21 @@ async fn after_1000_ticks_the_data_directory_holds_no_token_time_or_free_text() 
         let (org, tok) = &tokens[i % tokens.len()];
         let o = policy.org(org).unwrap();
         let unit = &o.units[i % o.units.len()].id;
-        let tags: serde_json::Map<_, _> = policy.dimensions.iter().enumerate().map(|(d, dim)| (dim.id.clone(), json!(dim.values[(i + d) % dim.values.len()].id))).collect();
+        let tags: serde_json::Map<_, _> = policy
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(d, dim)| {
+                (
+                    dim.id.clone(),
+                    json!(dim.values[(i + d) % dim.values.len()].id),
+                )
+            })
+            .collect();
         let body = json!({"org": org, "unit": unit, "tags": tags});
-        let (s, v) = app.call("POST", "/api/v1/ticks", Some(tok), Some(body)).await;
+        let (s, v) = app
+            .call("POST", "/api/v1/ticks", Some(tok), Some(body))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         sent += 1;
         i += 1;
@@ -63,10 +84,19 @@ async fn after_1000_ticks_the_data_directory_holds_no_token_time_or_free_text() 
             json!({"org": org, "unit": "akuttmottak", "tags": {}, "period": canary}),
         ];
         for body in attempts {
-            let (s, _) = app.call("POST", "/api/v1/ticks", Some(tok), Some(body)).await;
+            let (s, _) = app
+                .call("POST", "/api/v1/ticks", Some(tok), Some(body))
+                .await;
             assert!(s.is_client_error(), "attempt {n} was accepted");
         }
-        let (s, _) = app.call("POST", "/api/v1/tokens", Some(ADMIN), Some(json!({"role": "supporter", "org": org, "label": canary}))).await;
+        let (s, _) = app
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(ADMIN),
+                Some(json!({"role": "supporter", "org": org, "label": canary})),
+            )
+            .await;
         assert!(s.is_client_error());
     }
     assert_eq!(app.total("2026-11"), 1000);
@@ -75,43 +105,79 @@ async fn after_1000_ticks_the_data_directory_holds_no_token_time_or_free_text() 
     let mut paths = Vec::new();
     files(app.dir.path(), &mut paths);
     assert!(!paths.is_empty());
-    let secrets: Vec<String> = tokens.iter().map(|(_, t)| t.clone()).chain([leader, ADMIN.to_string()]).collect();
-    let date = Regex::new(r"(19|20)\d\d-[01]\d-[0-3]\d|\d\d:\d\d:\d\d|(19|20)\d\d-W\d\d-\d").unwrap();
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let secrets: Vec<String> = tokens
+        .iter()
+        .map(|(_, t)| t.clone())
+        .chain([leader, ADMIN.to_string()])
+        .collect();
+    let date =
+        Regex::new(r"(19|20)\d\d-[01]\d-[0-3]\d|\d\d:\d\d:\d\d|(19|20)\d\d-W\d\d-\d").unwrap();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut bytes_scanned = 0;
     for path in &paths {
         let data = std::fs::read(path).unwrap();
         bytes_scanned += data.len();
         let name = path.display();
         for t in &secrets {
-            assert!(!contains(&data, t.as_bytes()), "{name} holds a token in clear text");
+            assert!(
+                !contains(&data, t.as_bytes()),
+                "{name} holds a token in clear text"
+            );
             let sha = digest::digest(&digest::SHA256, t.as_bytes());
-            assert!(!contains(&data, sha.as_ref()), "{name} holds an unkeyed SHA-256 of a token");
+            assert!(
+                !contains(&data, sha.as_ref()),
+                "{name} holds an unkeyed SHA-256 of a token"
+            );
             let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-            assert!(!contains(&data, hex.as_bytes()), "{name} holds a hex SHA-256 of a token");
+            assert!(
+                !contains(&data, hex.as_bytes()),
+                "{name} holds a hex SHA-256 of a token"
+            );
         }
         if let Some(m) = date.find(&data) {
-            panic!("{name} holds a date or time `{}`", String::from_utf8_lossy(m.as_bytes()));
+            panic!(
+                "{name} holds a date or time `{}`",
+                String::from_utf8_lossy(m.as_bytes())
+            );
         }
         for c in CANARIES {
-            assert!(!contains(&data, c.as_bytes()), "{name} holds free text `{c}`");
+            assert!(
+                !contains(&data, c.as_bytes()),
+                "{name} holds free text `{c}`"
+            );
         }
         // Timestamps in binary (seconds or milliseconds, either byte order) within a day of now.
         for w in data.windows(8) {
-            let v = [u64::from_be_bytes(w.try_into().unwrap()), u64::from_le_bytes(w.try_into().unwrap())];
+            let v = [
+                u64::from_be_bytes(w.try_into().unwrap()),
+                u64::from_le_bytes(w.try_into().unwrap()),
+            ];
             for x in v {
                 let near = |t: u64, slack: u64| x.abs_diff(t) < slack;
-                assert!(!near(now_s, 86_400) && !near(now_s * 1000, 86_400_000), "{name} holds a binary timestamp");
+                assert!(
+                    !near(now_s, 86_400) && !near(now_s * 1000, 86_400_000),
+                    "{name} holds a binary timestamp"
+                );
             }
         }
         // Every readable run that looks like a key must use policy ids only.
         let text = String::from_utf8_lossy(&data);
-        for key in text.split(|c: char| c.is_control() || c == '\u{fffd}').filter(|s| s.starts_with("2026-11/")) {
+        for key in text
+            .split(|c: char| c.is_control() || c == '\u{fffd}')
+            .filter(|s| s.starts_with("2026-11/"))
+        {
             let parts: Vec<&str> = key.splitn(4, '/').collect();
             if parts.len() < 3 {
                 continue;
             }
-            assert!(policy.org(parts[1]).is_some(), "{name}: key names org `{}`", parts[1]);
+            assert!(
+                policy.org(parts[1]).is_some(),
+                "{name}: key names org `{}`",
+                parts[1]
+            );
         }
     }
     assert!(bytes_scanned > 10_000, "scanned only {bytes_scanned} bytes");

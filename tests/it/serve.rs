@@ -15,29 +15,72 @@ async fn first_start_prints_a_working_admin_token_once_and_sigterm_exits_cleanly
         .unwrap_or_else(|| panic!("no admin token in: {}", server.banner))
         .to_string();
     let c = client();
-    let sup = remote_token(&c, &server.base, &token, "supporter", Some("vikafjord-kommune")).await;
-    let r = c.get(format!("{}/api/v1/policy", server.base)).bearer_auth(&sup).send().await.unwrap();
+    let sup = remote_token(
+        &c,
+        &server.base,
+        &token,
+        "supporter",
+        Some("vikafjord-kommune"),
+    )
+    .await;
+    let r = c
+        .get(format!("{}/api/v1/policy", server.base))
+        .bearer_auth(&sup)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(server.terminate().success(), "SIGTERM must shut down cleanly");
+    assert!(
+        server.terminate().success(),
+        "SIGTERM must shut down cleanly"
+    );
 
     let again = Binary::serve(&data, None, None);
-    assert!(!again.banner.contains("tst_"), "a second start must not print a token: {}", again.banner);
-    let r = c.get(format!("{}/api/v1/tokens", again.base)).bearer_auth(&token).send().await.unwrap();
+    assert!(
+        !again.banner.contains("tst_"),
+        "a second start must not print a token: {}",
+        again.banner
+    );
+    let r = c
+        .get(format!("{}/api/v1/tokens", again.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "the admin token survives a restart");
     assert!(again.terminate().success());
 }
 
 #[test]
 fn policy_check_explains_the_plan_and_fails_on_a_bad_file() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tellestrek")).args(["policy", "check"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tellestrek"))
+        .args(["policy", "check"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("is valid") && text.contains("total") && text.contains("One contact is protected"), "{text}");
+    assert!(
+        text.contains("is valid")
+            && text.contains("total")
+            && text.contains("One contact is protected"),
+        "{text}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, tellestrek::policy::DEFAULT_POLICY.replace("grace_days = 7", "grace_days = 90")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tellestrek")).args(["policy", "check"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        tellestrek::policy::DEFAULT_POLICY.replace("grace_days = 7", "grace_days = 90"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tellestrek"))
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.toml") && err.contains("period.grace_days"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("period.grace_days"),
+        "{err}"
+    );
 }
