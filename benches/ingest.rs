@@ -97,12 +97,6 @@ struct Fixture {
     tag_sets: Vec<TagSet>,
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        eprintln!("TICKS_HANDED_OUT {}", self.handed_out);
-    }
-}
-
 impl Fixture {
     fn open(dir: &Path) -> Fixture {
         let clock: Arc<dyn Clock> = Arc::new(FixedClock::parse(NOW).expect("valid instant"));
