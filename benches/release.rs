@@ -23,13 +23,24 @@ const UNITS: usize = 40;
 
 /// The default policy with its organisations replaced by 50 of 40 units each.
 fn large_policy() -> Policy {
-    let head = &DEFAULT_POLICY[..DEFAULT_POLICY.find("[[orgs]]").expect("default policy has orgs")];
-    let tail = &DEFAULT_POLICY[DEFAULT_POLICY.find("[[dimensions]]").expect("default policy has dimensions")..];
+    let head = &DEFAULT_POLICY[..DEFAULT_POLICY
+        .find("[[orgs]]")
+        .expect("default policy has orgs")];
+    let tail = &DEFAULT_POLICY[DEFAULT_POLICY
+        .find("[[dimensions]]")
+        .expect("default policy has dimensions")..];
     let mut orgs = String::new();
     for o in 0..ORGS {
-        let _ = writeln!(orgs, "[[orgs]]\nid = \"org-{o}\"\nname = \"Org {o}\"\nunits = [");
+        let _ = writeln!(
+            orgs,
+            "[[orgs]]\nid = \"org-{o}\"\nname = \"Org {o}\"\nunits = ["
+        );
         for u in 0..UNITS {
-            let _ = writeln!(orgs, "  {{ id = \"unit-{u}\", name = \"Unit {u}\", headcount = {} }},", 50 + u * 10);
+            let _ = writeln!(
+                orgs,
+                "  {{ id = \"unit-{u}\", name = \"Unit {u}\", headcount = {} }},",
+                50 + u * 10
+            );
         }
         orgs.push_str("]\n\n");
     }
@@ -42,8 +53,26 @@ fn raw_cells(policy: &Policy, period: Period) -> Vec<(CellKey, u64)> {
     for (o, org) in policy.orgs.iter().enumerate() {
         for (u, unit) in org.units.iter().enumerate() {
             for k in 0..3 {
-                let tags: TagSet = policy.dimensions.iter().enumerate().map(|(d, dim)| (dim.id.clone(), dim.values[(o + u + k + d) % dim.values.len()].id.clone())).collect();
-                out.push((CellKey { period, org: org.id.clone(), unit: unit.id.clone(), tags }, (k + 1) as u64));
+                let tags: TagSet = policy
+                    .dimensions
+                    .iter()
+                    .enumerate()
+                    .map(|(d, dim)| {
+                        (
+                            dim.id.clone(),
+                            dim.values[(o + u + k + d) % dim.values.len()].id.clone(),
+                        )
+                    })
+                    .collect();
+                out.push((
+                    CellKey {
+                        period,
+                        org: org.id.clone(),
+                        unit: unit.id.clone(),
+                        tags,
+                    },
+                    (k + 1) as u64,
+                ));
             }
         }
     }
@@ -55,7 +84,17 @@ fn bench(c: &mut Criterion) {
     let month: Period = "2026-12".parse().unwrap();
     let raw = raw_cells(&policy, month);
     let supporters: Vec<u32> = (0..20).map(|i| i % 7).collect();
-    let cells: usize = policy.orgs.iter().map(|o| policy.marginals.iter().map(|m| release::domain(&policy, o, m).len()).sum::<usize>()).sum();
+    let cells: usize = policy
+        .orgs
+        .iter()
+        .map(|o| {
+            policy
+                .marginals
+                .iter()
+                .map(|m| release::domain(&policy, o, m).len())
+                .sum::<usize>()
+        })
+        .sum();
     let mut g = c.benchmark_group("release");
     g.sample_size(10);
     g.throughput(Throughput::Elements(cells as u64));
@@ -63,19 +102,31 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut drawn = 0;
             for org in &policy.orgs {
-                let raw: Vec<(CellKey, u64)> = raw.iter().filter(|(k, _)| k.org == org.id).cloned().collect();
+                let raw: Vec<(CellKey, u64)> = raw
+                    .iter()
+                    .filter(|(k, _)| k.org == org.id)
+                    .cloned()
+                    .collect();
                 for cadence in [Granularity::Month, Granularity::Quarter, Granularity::Year] {
                     let input = BatchInput {
                         policy: &policy,
                         org,
                         period: month.within(cadence),
                         covers: vec![month],
-                        marginals: policy.marginals.iter().filter(|m| m.cadence == cadence).collect(),
+                        marginals: policy
+                            .marginals
+                            .iter()
+                            .filter(|m| m.cadence == cadence)
+                            .collect(),
                         raw: &raw,
                         supporters: &supporters,
                         finer: &[],
                     };
-                    drawn += release::draw_batch(&input, &OpenDpNoise).expect("draw").iter().map(|(r, _)| r.cells.len()).sum::<usize>();
+                    drawn += release::draw_batch(&input, &OpenDpNoise)
+                        .expect("draw")
+                        .iter()
+                        .map(|(r, _)| r.cells.len())
+                        .sum::<usize>();
                 }
             }
             assert_eq!(drawn, cells);
@@ -83,7 +134,9 @@ fn bench(c: &mut Criterion) {
     });
     let cal = dp::calibrate(Mechanism::DiscreteLaplace, 1, 0.4, 1.0).expect("calibrate");
     let values: Vec<i64> = (0..cells as i64).map(|i| i % 5).collect();
-    g.bench_function("raw_opendp_sampler", |b| b.iter(|| OpenDpNoise.add_noise(&cal, &values).expect("noise")));
+    g.bench_function("raw_opendp_sampler", |b| {
+        b.iter(|| OpenDpNoise.add_noise(&cal, &values).expect("noise"))
+    });
     g.finish();
 }
 

@@ -110,6 +110,13 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
                 "In plain words: whatever else is known, all releases together make it at most {:.1} times more (or less) likely that any one conversation was logged than if it had not been.",
                 spend.exp()
             );
+            let _ = writeln!(
+                out,
+                "A person with a conversation in every {} is protected at epsilon = {:.3} over a year; the ledger refuses releases past the rolling-year cap of {}.",
+                p.granularity.as_str(),
+                p.planned_yearly_spend(),
+                p.privacy.rolling_year_cap
+            );
         }
         (PrivacyUnit::Contact, _) => {
             let _ = writeln!(

@@ -226,6 +226,10 @@ pub struct Privacy {
     /// includes it. Under `supporter`: the ε (or ρ) that protects one supporter over a rolling
     /// year. Default 2.0.
     pub budget: f64,
+    /// The most the releases of one organisation that end within any 365 days may spend
+    /// together. Under `contact` it bounds a person with a conversation in every period; under
+    /// `supporter` it is the budget. Default: what the plan spends in a year.
+    pub rolling_year_cap: f64,
     /// Contacts per person the plain-language summary reports group privacy for; default 3.
     pub typical_contacts_per_person: u32,
     /// Cells of sensitive values get their noise scale multiplied by this (>= 1; default 1).
@@ -327,6 +331,8 @@ struct RawPrivacy {
     mechanism: Mechanism,
     #[serde(default = "default_budget")]
     budget: f64,
+    #[serde(default)]
+    rolling_year_cap: Option<f64>,
     #[serde(default = "default_typical_contacts")]
     typical_contacts_per_person: u32,
     #[serde(default = "one")]
@@ -628,6 +634,15 @@ impl Policy {
         self.privacy.budget * self.marginals.iter().map(|m| m.budget_share).sum::<f64>()
     }
 
+    /// What the whole plan spends in a year for one organisation: every release of every
+    /// marginal whose period ends within the year.
+    pub fn planned_yearly_spend(&self) -> f64 {
+        self.marginals
+            .iter()
+            .map(|m| self.release_budget(m) * f64::from(m.cadence.per_year()))
+            .sum()
+    }
+
     /// Checks that `tags` has exactly one known value for each dimension; the error names the
     /// first offending dimension or value.
     pub fn check_tags(&self, tags: &TagSet) -> Result<(), TagError> {
@@ -720,10 +735,17 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     if p.typical_contacts_per_person == 0 {
         return Err(c.err("privacy.typical_contacts_per_person", "must be at least 1"));
     }
+    if let Some(cap) = p.rolling_year_cap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        return Err(c.err(
+            "privacy.rolling_year_cap",
+            format!("{cap} is not a cap; use a number above 0"),
+        ));
+    }
     let privacy = Privacy {
         unit: p.unit,
         mechanism: p.mechanism,
         budget: p.budget,
+        rolling_year_cap: p.rolling_year_cap.unwrap_or(f64::INFINITY),
         typical_contacts_per_person: p.typical_contacts_per_person,
         sensitive_noise_multiplier: p.sensitive_noise_multiplier,
         suppress_below: p.suppress_below,
@@ -976,7 +998,7 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
         ));
     }
 
-    Ok(Policy {
+    let mut policy = Policy {
         source: file.to_string(),
         name: raw.name,
         granularity,
@@ -989,7 +1011,20 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
         thresholds,
         orgs,
         dimensions,
-    })
+    };
+    let yearly = policy.planned_yearly_spend();
+    if policy.privacy.rolling_year_cap.is_infinite() {
+        policy.privacy.rolling_year_cap = match policy.privacy.unit {
+            PrivacyUnit::Contact => yearly,
+            PrivacyUnit::Supporter => policy.privacy.budget,
+        };
+    } else if yearly > policy.privacy.rolling_year_cap * (1.0 + 1e-9) {
+        return Err(c.err(
+            "privacy.rolling_year_cap",
+            format!("the plan spends {yearly:.3} in a year, more than the cap of {}; lower some budget_share or raise the cap", policy.privacy.rolling_year_cap),
+        ));
+    }
+    Ok(policy)
 }
 
 /// The organisation-and-unit structure as a map, for quick membership checks.
@@ -1111,6 +1146,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("marginals") && e.contains("add up"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_over_its_rolling_year_cap_is_refused() {
+        let p = Policy::builtin();
+        assert!((p.planned_yearly_spend() - 11.35).abs() < 1e-9);
+        let e = with("rolling_year_cap = 12.0", "rolling_year_cap = 10.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rolling_year_cap") && e.contains("11.350"),
+            "{e}"
+        );
     }
 
     #[test]

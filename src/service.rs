@@ -812,8 +812,8 @@ impl Service {
         Ok(batch.into_iter().map(|(r, _)| r.id).collect())
     }
 
-    /// Refuses a batch that would take any covered base period (unit `contact`) or the rolling
-    /// year (unit `supporter`) over the budget.
+    /// Refuses a batch that would take any covered base period (unit `contact`) over the
+    /// budget, or any 365-day window that holds its end over the rolling-year cap.
     fn check_budget(
         &self,
         org: &str,
@@ -829,8 +829,11 @@ impl Service {
             .filter(|e| e.org == org)
             .collect();
         let add: f64 = batch.iter().map(|(_, l)| l.spend).sum();
-        let spent = match p.privacy.unit {
-            PrivacyUnit::Contact => covers
+        let first = batch.first().map(|(r, _)| r.id.clone()).unwrap_or_default();
+        let measure = p.privacy.mechanism.measure();
+        // Per period (contact unit): no base period may carry more than the budget.
+        if p.privacy.unit == PrivacyUnit::Contact {
+            let spent = covers
                 .iter()
                 .map(|b| {
                     ledger
@@ -839,26 +842,42 @@ impl Service {
                         .map(|e| e.spend)
                         .sum::<f64>()
                 })
-                .fold(0.0, f64::max),
-            PrivacyUnit::Supporter => {
-                let end = period.end();
-                let start = end - Duration::days(365);
-                ledger
-                    .iter()
-                    .filter(|e| e.period.end() > start && e.period.end() <= end)
-                    .map(|e| e.spend)
-                    .sum()
+                .fold(0.0, f64::max);
+            if spent + add > p.privacy.budget * (1.0 + 1e-9) {
+                return Err(ServiceError::BudgetExceeded {
+                    release: first,
+                    detail: format!(
+                        "it would spend {measure} {add:.3} on a period that has {spent:.3} spent already, over the budget of {}",
+                        p.privacy.budget
+                    ),
+                });
             }
-        };
-        if spent + add > p.privacy.budget * (1.0 + 1e-9) {
-            return Err(ServiceError::BudgetExceeded {
-                release: batch.first().map(|(r, _)| r.id.clone()).unwrap_or_default(),
-                detail: format!(
-                    "it would spend {} {add:.3} on top of {spent:.3} already spent, over the budget of {}",
-                    p.privacy.mechanism.measure(),
-                    p.privacy.budget
-                ),
-            });
+        }
+        // Rolling year: every 365-day window (W - 365, W] that holds this batch's end, checked at
+        // each window end where its sum can change (this end, and later releases' ends).
+        let end = period.end();
+        let year = Duration::days(365);
+        let mut window_ends: Vec<Date> = ledger
+            .iter()
+            .map(|e| e.period.end())
+            .filter(|w| *w > end && *w < end + year)
+            .collect();
+        window_ends.push(end);
+        for w in window_ends {
+            let spent: f64 = ledger
+                .iter()
+                .filter(|e| e.period.end() > w - year && e.period.end() <= w)
+                .map(|e| e.spend)
+                .sum();
+            if spent + add > p.privacy.rolling_year_cap * (1.0 + 1e-9) {
+                return Err(ServiceError::BudgetExceeded {
+                    release: first,
+                    detail: format!(
+                        "it would spend {measure} {add:.3} on top of {spent:.3} spent by releases ending in the year to {w}, over the rolling-year cap of {}",
+                        p.privacy.rolling_year_cap
+                    ),
+                });
+            }
         }
         Ok(())
     }
