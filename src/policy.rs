@@ -5,7 +5,7 @@
 //! of the service trusts. Every error names the file, the key and the problem. This module knows
 //! nothing of storage, HTTP or noise; `dp` turns the plan into accuracy figures.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -1025,20 +1025,6 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
         ));
     }
     Ok(policy)
-}
-
-/// The organisation-and-unit structure as a map, for quick membership checks.
-pub fn unit_index(policy: &Policy) -> BTreeMap<&str, BTreeSet<&str>> {
-    policy
-        .orgs
-        .iter()
-        .map(|o| {
-            (
-                o.id.as_str(),
-                o.units.iter().map(|u| u.id.as_str()).collect(),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

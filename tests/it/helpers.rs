@@ -313,3 +313,15 @@ pub async fn remote_token(
         .unwrap()
         .to_string()
 }
+
+/// Every file below `dir`, for tests that scan what a data directory holds.
+pub fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p, out)
+        } else {
+            out.push(p)
+        }
+    }
+}

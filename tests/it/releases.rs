@@ -395,17 +395,6 @@ async fn a_release_over_the_budget_is_refused_and_nothing_is_spent() {
     }
 }
 
-fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            files(&p, out)
-        } else {
-            out.push(p)
-        }
-    }
-}
-
 #[tokio::test]
 async fn after_purge_no_raw_cell_or_pseudonym_remains_and_releases_are_still_served() {
     let app = TestApp::new();
@@ -453,7 +442,7 @@ async fn after_purge_no_raw_cell_or_pseudonym_remains_and_releases_are_still_ser
     );
     assert!(!app.dir.path().join("raw/2026-11").exists());
     let mut paths = Vec::new();
-    files(app.dir.path(), &mut paths);
+    crate::helpers::files(app.dir.path(), &mut paths);
     for path in paths {
         let data = std::fs::read(&path).unwrap();
         for needle in &raw {

@@ -4,8 +4,6 @@
 //! token, an unkeyed hash of a token, a date or time finer than the period, or text that is not
 //! in the policy.
 
-use std::path::Path;
-
 use axum::http::StatusCode;
 use regex::bytes::Regex;
 use ring::digest;
@@ -21,17 +19,6 @@ const CANARIES: [&str; 4] = [
     "overdose",
     "12345678901",
 ];
-
-fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            files(&p, out)
-        } else {
-            out.push(p)
-        }
-    }
-}
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
@@ -103,7 +90,7 @@ async fn after_1000_ticks_the_data_directory_holds_no_token_time_or_free_text() 
     app.svc.store().flush().unwrap();
 
     let mut paths = Vec::new();
-    files(app.dir.path(), &mut paths);
+    crate::helpers::files(app.dir.path(), &mut paths);
     assert!(!paths.is_empty());
     let secrets: Vec<String> = tokens
         .iter()
