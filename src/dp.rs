@@ -141,6 +141,12 @@ pub fn calibrate(
     })
 }
 
+/// The ε of (ε, δ)-DP implied by ρ-zCDP (Bun and Steinke 2016, proposition 1.3):
+/// ε = ρ + 2·√(ρ·ln(1/δ)). For plain-language summaries; the ledger records ρ itself.
+pub fn zcdp_epsilon(rho: f64, delta: f64) -> f64 {
+    rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt()
+}
+
 /// Adds noise to integer counts. Implementations are called from blocking threads.
 pub trait NoiseSource: Send + Sync + 'static {
     /// Returns `values` with independent noise of `cal` added to each.

@@ -121,7 +121,8 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         (PrivacyUnit::Contact, _) => {
             let _ = writeln!(
                 out,
-                "One contact is protected at rho = {spend:.3} (zCDP), summed over every release that includes it; a person with {k} conversations at rho = {:.3}.",
+                "One contact is protected at rho = {spend:.3} (zCDP), summed over every release that includes it (about epsilon = {:.2} at delta = 1e-6); a person with {k} conversations at rho = {:.3}.",
+                dp::zcdp_epsilon(spend, 1e-6),
                 spend * f64::from(k * k)
             );
         }
@@ -132,9 +133,12 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
                 p.max_ticks_per_supporter_period,
                 p.granularity.as_str()
             );
+            let eps = if m == "rho" { dp::zcdp_epsilon(spend, 1e-6) } else { spend };
             let _ = writeln!(
                 out,
-                "In plain words: the releases of a year reveal almost nothing about whether any one supporter was active, or how much."
+                "In plain words: all releases of a year together make anything about one supporter's activity at most {:.1} times more (or less) likely than without them{}.",
+                eps.exp(),
+                if m == "rho" { format!(" (epsilon about {eps:.2}, except with probability 1e-6)") } else { String::new() }
             );
         }
     }
