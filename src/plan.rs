@@ -133,12 +133,20 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
                 p.max_ticks_per_supporter_period,
                 p.granularity.as_str()
             );
-            let eps = if m == "rho" { dp::zcdp_epsilon(spend, 1e-6) } else { spend };
+            let eps = if m == "rho" {
+                dp::zcdp_epsilon(spend, 1e-6)
+            } else {
+                spend
+            };
             let _ = writeln!(
                 out,
                 "In plain words: all releases of a year together make anything about one supporter's activity at most {:.1} times more (or less) likely than without them{}.",
                 eps.exp(),
-                if m == "rho" { format!(" (epsilon about {eps:.2}, except with probability 1e-6)") } else { String::new() }
+                if m == "rho" {
+                    format!(" (epsilon about {eps:.2}, except with probability 1e-6)")
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -25,12 +25,16 @@
 //!
 //! A tick is applied in one sled transaction over the period database's `cells`, `load` and
 //! default trees (the `closed` flag is read inside it, so a tick cannot slip past a concurrent
-//! close), then the caller awaits [`Store::durable`], which returns only after a `flush` (an
-//! fsync of sled's log) of that database that started after the write. One background thread
-//! runs the flushes and lets every waiter that queued before a flush started share it (group
-//! commit).
+//! close), then the caller awaits [`Store::durable_period`], which returns only after a sync of
+//! that database that started after the write: sled's `flush`, then an `fdatasync` of its log
+//! file (on Linux sled 0.34 ends a flush with `sync_file_range`, which survives a process crash
+//! but not a power loss). One background thread runs the syncs and lets every waiter that
+//! queued before a sync started share it (group commit). Syncing after every tick also keeps
+//! sled's unflushed log short, away from a known sled 0.34 stall under very long unflushed
+//! write bursts (see benches/README.md).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -73,11 +77,50 @@ pub enum StoreError {
 
 /// A flush request: which database (a period's raw one, or the main one), its handle, and who
 /// to tell.
-type Waiter = (
-    Option<Period>,
-    sled::Db,
-    oneshot::Sender<Result<(), String>>,
-);
+type Waiter = (Option<Period>, Handle, oneshot::Sender<Result<(), String>>);
+
+/// A sled database and its directory, so a flush can be made truly durable.
+#[derive(Clone)]
+struct Handle {
+    db: sled::Db,
+    dir: PathBuf,
+}
+
+impl Handle {
+    fn open(dir: PathBuf, cache_bytes: Option<u64>) -> Result<Handle, StoreError> {
+        let mut config = sled::Config::new()
+            .path(&dir)
+            // Flushing is ours (after each write that must be durable); sled's timer would only
+            // add I/O.
+            .flush_every_ms(None);
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes);
+        }
+        let db = config.open()?;
+        // The directory entries of a new database must survive a power loss too.
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(Handle { db, dir })
+    }
+
+    /// Flushes sled's buffers, then `fdatasync`s its log file. On Linux sled 0.34 ends a flush
+    /// with `sync_file_range`, which flushes neither the drive's write cache nor the file's new
+    /// length; the extra `fdatasync` (one per group commit) does both.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        File::open(self.dir.join("db"))?.sync_data()?;
+        Ok(())
+    }
+}
+
+/// An open raw database of one period, with its trees.
+#[derive(Clone)]
+struct PeriodDb {
+    handle: Handle,
+    cells: sled::Tree,
+    load: sled::Tree,
+}
 
 /// Cache of each period database; raw data is small (a few thousand cells a period).
 const PERIOD_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -86,7 +129,7 @@ const PERIOD_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Store {
     raw_dir: PathBuf,
-    db: sled::Db,
+    main: Handle,
     meta: sled::Tree,
     periods: sled::Tree,
     tokens: sled::Tree,
@@ -94,7 +137,7 @@ pub struct Store {
     releases: sled::Tree,
     ledger: sled::Tree,
     /// Open period databases; a period's is opened on first use and closed when purged.
-    raw: Arc<Mutex<BTreeMap<Period, sled::Db>>>,
+    raw: Arc<Mutex<BTreeMap<Period, PeriodDb>>>,
     flusher: mpsc::Sender<Waiter>,
 }
 
@@ -116,12 +159,9 @@ pub struct TickWrite {
 impl Store {
     /// Opens (or creates) the data directory `dir` and starts the flush thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            // Flushing is ours (after each write that must be durable); sled's timer would only
-            // add I/O.
-            .flush_every_ms(None)
-            .open()?;
+        std::fs::create_dir_all(dir)?;
+        let main = Handle::open(dir.join("db"), None)?;
+        let db = &main.db;
         let raw_dir = dir.join("raw");
         std::fs::create_dir_all(&raw_dir)?;
         let (tx, rx) = mpsc::channel::<Waiter>();
@@ -133,10 +173,10 @@ impl Store {
                     waiters.extend(rx.try_iter());
                     // One flush per database touched, shared by every waiter of this round.
                     let mut done: BTreeMap<Option<Period>, Result<(), String>> = BTreeMap::new();
-                    for (which, db, tell) in waiters {
+                    for (which, handle, tell) in waiters {
                         let result = done
                             .entry(which)
-                            .or_insert_with(|| db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                            .or_insert_with(|| handle.sync().map_err(|e| e.to_string()))
                             .clone();
                         let _ = tell.send(result);
                     }
@@ -150,7 +190,7 @@ impl Store {
             token_ids: db.open_tree("token_ids")?,
             releases: db.open_tree("releases")?,
             ledger: db.open_tree("ledger")?,
-            db,
+            main: main.clone(),
             raw: Arc::new(Mutex::new(BTreeMap::new())),
             flusher: tx,
         };
@@ -163,7 +203,7 @@ impl Store {
     }
 
     /// The raw database of `period`; `None` if it has none and `create` is false.
-    fn period_db(&self, period: Period, create: bool) -> Result<Option<sled::Db>, StoreError> {
+    fn period_db(&self, period: Period, create: bool) -> Result<Option<PeriodDb>, StoreError> {
         let mut open = self.raw.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(db) = open.get(&period) {
             return Ok(Some(db.clone()));
@@ -172,11 +212,12 @@ impl Store {
         if !create && !path.exists() {
             return Ok(None);
         }
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(PERIOD_CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()?;
+        let handle = Handle::open(path, Some(PERIOD_CACHE_BYTES))?;
+        let db = PeriodDb {
+            cells: handle.db.open_tree("cells")?,
+            load: handle.db.open_tree("load")?,
+            handle,
+        };
         open.insert(period, db.clone());
         Ok(Some(db))
     }
@@ -185,20 +226,20 @@ impl Store {
     /// Concurrent callers share one flush.
     pub async fn durable_period(&self, period: Period) -> Result<(), StoreError> {
         match self.period_db(period, false)? {
-            Some(db) => self.durable_db(Some(period), db).await,
+            Some(db) => self.durable_db(Some(period), db.handle).await,
             None => Ok(()),
         }
     }
 
     /// Waits until everything written to the main database before this call is on disk.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.durable_db(None, self.db.clone()).await
+        self.durable_db(None, self.main.clone()).await
     }
 
-    async fn durable_db(&self, which: Option<Period>, db: sled::Db) -> Result<(), StoreError> {
+    async fn durable_db(&self, which: Option<Period>, handle: Handle) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.flusher
-            .send((which, db, tx))
+            .send((which, handle, tx))
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await
             .map_err(|_| StoreError::ShuttingDown)?
@@ -207,8 +248,8 @@ impl Store {
 
     /// Flushes every open database synchronously (shutdown, CLI, management writes).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        let open: Vec<sled::Db> = self
+        self.main.sync()?;
+        let open: Vec<PeriodDb> = self
             .raw
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -216,7 +257,7 @@ impl Store {
             .cloned()
             .collect();
         for db in open {
-            db.flush()?;
+            db.handle.sync()?;
         }
         Ok(())
     }
@@ -230,7 +271,7 @@ impl Store {
     ) -> Result<(Vec<u8>, bool), StoreError> {
         get_or_create(&self.meta, name, make).and_then(|(v, created)| {
             if created {
-                self.db.flush()?;
+                self.main.sync()?;
             }
             Ok((v, created))
         })
@@ -245,7 +286,7 @@ impl Store {
         let db = self
             .period_db(period, true)?
             .ok_or_else(|| StoreError::Corrupt(format!("no raw database for {period}")))?;
-        get_or_create(&db, "secret", make).map(|(v, _)| v)
+        get_or_create(&db.handle.db, "secret", make).map(|(v, _)| v)
     }
 
     /// Applies a tick atomically: refuses it if the period is closed or the supporter would
@@ -256,11 +297,11 @@ impl Store {
         let db = self
             .period_db(w.period, true)?
             .ok_or_else(|| StoreError::Corrupt(format!("no raw database for {}", w.period)))?;
-        let (cells, load) = (db.open_tree("cells")?, db.open_tree("load")?);
-        let flags: &sled::Tree = &db;
+        let (cells, load) = (&db.cells, &db.load);
+        let flags: &sled::Tree = &db.handle.db;
         let cell_key = encode_cell(&w.cell);
         let load_key = load_key(w.period, &w.cell.org, &w.pseudonym);
-        (&cells, &load, flags)
+        (cells, load, flags)
             .transaction(|(cells, load, flags)| {
                 if flags.get(b"closed")?.is_some() {
                     return Err(ConflictableTransactionError::Abort(
@@ -292,7 +333,7 @@ impl Store {
         let Some(db) = self.period_db(period, false)? else {
             return Ok(Vec::new());
         };
-        db.open_tree("cells")?
+        db.cells
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -308,7 +349,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let prefix = format!("{period}/{org}/");
-        db.open_tree("load")?
+        db.load
             .scan_prefix(prefix.as_bytes())
             .values()
             .map(|v| Ok(be_u32(&v?)))
@@ -332,9 +373,9 @@ impl Store {
         put("tokens:".into(), &self.tokens)?;
         for period in self.raw_periods()? {
             if let Some(db) = self.period_db(period, false)? {
-                put(format!("{period}:flags:"), &db)?;
-                put(format!("{period}:cells:"), &db.open_tree("cells")?)?;
-                put(format!("{period}:load:"), &db.open_tree("load")?)?;
+                put(format!("{period}:flags:"), &db.handle.db)?;
+                put(format!("{period}:cells:"), &db.cells)?;
+                put(format!("{period}:load:"), &db.load)?;
             }
         }
         Ok(out)
@@ -371,8 +412,8 @@ impl Store {
             .period_db(period, false)?
             .filter(|_| state != PeriodState::Open)
         {
-            db.insert("closed", &[1u8])?;
-            db.flush()?;
+            db.handle.db.insert("closed", &[1u8])?;
+            db.handle.sync()?;
         }
         self.periods.insert(period.to_string(), state.as_str())?;
         Ok(())
@@ -453,7 +494,7 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_err)?;
-        self.db.flush()?;
+        self.main.sync()?;
         Ok(())
     }
 
@@ -492,7 +533,7 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&period);
         if let Some(db) = db {
-            db.flush()?;
+            db.handle.db.flush()?;
             drop(db);
         }
         let path = self.raw_path(period);
@@ -501,7 +542,7 @@ impl Store {
         }
         self.periods
             .insert(period.to_string(), PeriodState::Purged.as_str())?;
-        self.db.flush()?;
+        self.main.sync()?;
         Ok(())
     }
 
@@ -516,7 +557,7 @@ impl Store {
     /// Sets a small text value in `meta`.
     pub fn set_meta_text(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.meta.insert(name, value.as_bytes())?;
-        self.db.flush()?;
+        self.main.sync()?;
         Ok(())
     }
 }
