@@ -42,6 +42,15 @@ impl ApiError {
         }
     }
 
+    /// The generic 500 (the detail goes to the log, never to the client).
+    pub fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on the server; nothing was changed, try again",
+        )
+    }
+
     /// The 404 for paths that do not exist.
     pub fn not_found() -> Self {
         ApiError::new(
@@ -94,11 +103,7 @@ impl From<ServiceError> for ApiError {
             Store(_) | Auth(_) | Dp(_) => {
                 // The detail may name internals; it goes to the operator's log, not the client.
                 tracing::error!(error = %e, "internal error");
-                return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "something went wrong on the server; nothing was changed, try again",
-                );
+                return ApiError::internal();
             }
         };
         ApiError::new(status, code, e.to_string())
@@ -165,6 +170,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data => {
                 let code = if text.starts_with("unknown field") {
                     "unknown_field"
+                } else if text.starts_with("duplicate") {
+                    "duplicate_field"
                 } else if text.starts_with("missing field") {
                     "missing_field"
                 } else {
@@ -297,7 +304,7 @@ fn org_json(o: &Org) -> serde_json::Value {
 pub async fn get_policy(
     State(svc): State<Service>,
     _who: Principal,
-    Query(q): Query<LangQuery>,
+    AppQuery(q): AppQuery<LangQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let en = match q.lang.as_deref() {
         None | Some("nb") => false,
@@ -342,7 +349,10 @@ pub async fn post_token(
     who: Principal,
     AppJson(req): AppJson<NewTokenRequest>,
 ) -> Result<Response, ApiError> {
-    let created = svc.create_token(&who, req)?;
+    // Creating a token syncs the store to disk: off the async threads.
+    let created = tokio::task::spawn_blocking(move || svc.create_token(&who, req))
+        .await
+        .map_err(|_| ApiError::internal())??;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -361,7 +371,9 @@ pub async fn delete_token(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    svc.revoke_token(&who, &id)?;
+    tokio::task::spawn_blocking(move || svc.revoke_token(&who, &id))
+        .await
+        .map_err(|_| ApiError::internal())??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -429,11 +441,7 @@ pub async fn get_releases(
     if csv {
         let body = releases_csv(&releases).map_err(|e| {
             tracing::error!(error = %e, "csv export failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "something went wrong on the server; try again",
-            )
+            ApiError::internal()
         })?;
         let sig = svc.sign_bytes(body.as_bytes());
         return Ok((

@@ -112,9 +112,10 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
             );
             let _ = writeln!(
                 out,
-                "A person with a conversation in every {} is protected at epsilon = {:.3} over a year; the ledger refuses releases past the rolling-year cap of {}.",
+                "A person with a conversation every {} for a year is protected at {} x {spend:.3} = {:.2} (group privacy); the ledger refuses any release that would take what the releases covering any 365 days spend past the rolling-year cap of {}.",
                 p.granularity.as_str(),
-                p.planned_yearly_spend(),
+                p.granularity.per_year(),
+                spend * f64::from(p.granularity.per_year()),
                 p.privacy.rolling_year_cap
             );
         }

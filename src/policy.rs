@@ -226,9 +226,10 @@ pub struct Privacy {
     /// includes it. Under `supporter`: the ε (or ρ) that protects one supporter over a rolling
     /// year. Default 2.0.
     pub budget: f64,
-    /// The most the releases of one organisation that end within any 365 days may spend
-    /// together. Under `contact` it bounds a person with a conversation in every period; under
-    /// `supporter` it is the budget. Default: what the plan spends in a year.
+    /// The most the releases of one organisation that cover any part of any 365 days may
+    /// spend together. Under `supporter` it is what protects a supporter active all year (the
+    /// budget); under `contact` it is a ceiling on what a year of data may cost, so that a
+    /// policy change cannot quietly raise the release rate. Default: what the plan spends.
     pub rolling_year_cap: f64,
     /// Contacts per person the plain-language summary reports group privacy for; default 3.
     pub typical_contacts_per_person: u32,
@@ -593,13 +594,14 @@ impl Policy {
     /// The ε (or ρ) one release of `m` spends for the privacy unit.
     ///
     /// Under `contact`, a contact is in exactly one release of each marginal, so a marginal's
-    /// share of the budget is spent in each of its releases. Under `supporter`, a supporter active
-    /// all year is in every release of the year, so the share is spread over them.
+    /// share of the budget is spent in each of its releases. Under `supporter`, a supporter
+    /// active for any 12 months is in up to one more release than a calendar year holds (13
+    /// months, 5 quarters, 2 years), so the share is spread over that many.
     pub fn release_budget(&self, m: &Marginal) -> f64 {
         let per = self.privacy.budget * m.budget_share;
         match self.privacy.unit {
             PrivacyUnit::Contact => per,
-            PrivacyUnit::Supporter => per / f64::from(m.cadence.per_year()),
+            PrivacyUnit::Supporter => per / f64::from(m.cadence.per_year() + 1),
         }
     }
 
@@ -634,12 +636,12 @@ impl Policy {
         self.privacy.budget * self.marginals.iter().map(|m| m.budget_share).sum::<f64>()
     }
 
-    /// What the whole plan spends in a year for one organisation: every release of every
-    /// marginal whose period ends within the year.
+    /// What the releases of one organisation that cover any part of 365 days spend together,
+    /// at most: a 365-day span overlaps one more period of each cadence than a year holds.
     pub fn planned_yearly_spend(&self) -> f64 {
         self.marginals
             .iter()
-            .map(|m| self.release_budget(m) * f64::from(m.cadence.per_year()))
+            .map(|m| self.release_budget(m) * f64::from(m.cadence.per_year() + 1))
             .sum()
     }
 
@@ -1137,12 +1139,13 @@ mod tests {
     #[test]
     fn a_plan_over_its_rolling_year_cap_is_refused() {
         let p = Policy::builtin();
-        assert!((p.planned_yearly_spend() - 11.35).abs() < 1e-9);
-        let e = with("rolling_year_cap = 12.0", "rolling_year_cap = 10.0")
+        // 13 months x 0.7 + 5 quarters x 0.6 + 2 years x 0.55.
+        assert!((p.planned_yearly_spend() - 13.2).abs() < 1e-9);
+        let e = with("rolling_year_cap = 14.0", "rolling_year_cap = 12.0")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("rolling_year_cap") && e.contains("11.350"),
+            e.contains("rolling_year_cap") && e.contains("13.200"),
             "{e}"
         );
     }

@@ -270,6 +270,23 @@ pub struct BatchInput<'a> {
     pub finer: &'a [Release],
 }
 
+/// The ε (or ρ) one release of `m` for `org` spends, as OpenDP's privacy map returns it. A
+/// privacy unit's worst case is all its weight in ordinary cells (the smaller noise scale), so
+/// their calibration bounds the release; a marginal of sensitive cells only spends theirs.
+pub fn release_spend(policy: &Policy, org: &Org, m: &Marginal) -> Result<f64, DpError> {
+    let dom = domain(policy, org, m);
+    let strong = policy.privacy.sensitive_noise_multiplier;
+    let all_sensitive = !dom.is_empty() && dom.iter().all(|c| c.sensitive);
+    let multiplier = if all_sensitive { strong } else { 1.0 };
+    Ok(dp::calibrate(
+        policy.privacy.mechanism,
+        policy.sensitivity(m),
+        policy.release_budget(m),
+        multiplier,
+    )?
+    .spend)
+}
+
 /// Draws and post-processes one batch. Returns the releases with their ledger entries.
 /// Builds OpenDP measurements: call from a blocking thread.
 pub fn draw_batch(

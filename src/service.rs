@@ -59,15 +59,12 @@ pub enum ServiceError {
     /// The period does not accept ticks.
     #[error("period: {period} does not accept ticks; {why}")]
     PeriodNotOpen { period: Period, why: String },
-    /// The supporter has logged as many contacts as the period allows.
+    /// The supporter has logged as many contacts as the period allows. The message does not
+    /// say how many they have logged: whoever holds a leaked token must not learn that.
     #[error(
-        "count: this would pass the limit of {cap} contacts per supporter in {period}; {remaining} left"
+        "count: this would pass the limit of {cap} contacts per supporter in {period}; ask the scheme's coordinator if the limit is too low"
     )]
-    OverCap {
-        period: Period,
-        cap: u32,
-        remaining: u32,
-    },
+    OverCap { period: Period, cap: u32 },
     /// A field of a management request is invalid.
     #[error("{field}: {message}")]
     InvalidField {
@@ -121,6 +118,7 @@ pub struct TickRequest {
     /// Unit id within the organisation.
     pub unit: String,
     /// One value id per dimension.
+    #[serde(deserialize_with = "unique_tags")]
     pub tags: TagSet,
     /// Contacts logged at once; default 1.
     #[serde(default)]
@@ -130,6 +128,31 @@ pub struct TickRequest {
     pub period: Option<String>,
 }
 
+/// Reads `tags`, refusing a dimension given twice (JSON allows it; silently keeping the last
+/// would log something other than what the supporter may have meant).
+fn unique_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TagSet, D::Error> {
+    struct Tags;
+    impl<'de> serde::de::Visitor<'de> for Tags {
+        type Value = TagSet;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object from dimension ids to value ids")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TagSet, A::Error> {
+            let mut out = TagSet::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate dimension `{k}`: give each dimension once"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Tags)
+}
+
 /// Response to an accepted tick.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct TickAccepted {
@@ -137,8 +160,6 @@ pub struct TickAccepted {
     pub period: Period,
     /// Contacts accepted.
     pub accepted: u32,
-    /// How many more the supporter may log in this period (their own allowance).
-    pub remaining: u32,
 }
 
 /// Body of `POST /api/v1/tokens`.
@@ -205,6 +226,14 @@ pub struct ReleaseFilter {
     /// Marginal id.
     #[serde(default)]
     pub marginal: Option<String>,
+}
+
+/// One release batch: an organisation, a release period and the marginals still to draw.
+struct Batch<'a> {
+    org: &'a crate::policy::Org,
+    period: Period,
+    covers: Vec<Period>,
+    marginals: Vec<&'a crate::policy::Marginal>,
 }
 
 /// The meta key of the first base period the service collected.
@@ -330,11 +359,11 @@ impl Service {
         req: TickRequest,
     ) -> Result<TickAccepted, ServiceError> {
         let write = self.check_tick(who, req)?;
-        let used = self.store.apply_tick(&write).map_err(|e| match e {
-            StoreError::OverCap { used, cap } => ServiceError::OverCap {
+        // The supporter's running count stays inside: no answer carries a raw count.
+        self.store.apply_tick(&write).map_err(|e| match e {
+            StoreError::OverCap { cap, .. } => ServiceError::OverCap {
                 period: write.period,
                 cap,
-                remaining: cap.saturating_sub(used),
             },
             StoreError::PeriodNotOpen(state) => ServiceError::PeriodNotOpen {
                 period: write.period,
@@ -346,7 +375,6 @@ impl Service {
         Ok(TickAccepted {
             period: write.period,
             accepted: write.count,
-            remaining: write.cap.saturating_sub(used),
         })
     }
 
@@ -493,7 +521,8 @@ impl Service {
         Ok(out)
     }
 
-    /// Creates a token. Admins create any; coordinators create supporter tokens (invites) for
+    /// Creates a token (blocking: it syncs the store; handlers call it off the async threads).
+    /// Admins create any; coordinators create supporter tokens (invites) for
     /// their own organisation.
     pub fn create_token(
         &self,
@@ -552,7 +581,7 @@ impl Service {
         }
         let token = Token::generate()?;
         let rec = self.insert_token(&token, role, req.org)?;
-        self.store.flush()?;
+        self.store.sync_main()?;
         Ok(NewToken {
             id: rec.id,
             role: rec.role,
@@ -615,7 +644,7 @@ impl Service {
             return Err(ServiceError::LastAdmin);
         }
         self.store.delete_token(id)?;
-        self.store.flush()?;
+        self.store.sync_main()?;
         Ok(())
     }
 }
@@ -635,21 +664,15 @@ impl Service {
         today > self.last_tick_day(b)
     }
 
-    /// The lifecycle job; holds the release lock throughout.
-    pub fn lifecycle_blocking(&self) -> Result<LifecycleReport, ServiceError> {
-        let _guard = self.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// The batches the lifecycle job would draw now, in the order it draws them: every
+    /// (release period, organisation) whose last base period is closed and that lacks a
+    /// release of some marginal of that cadence. Finer cadences come first among periods that
+    /// end together, so a quarter can use the months inside it.
+    fn due_batches(&self) -> Result<Vec<Batch<'_>>, ServiceError> {
         let p = &*self.policy;
         let today = self.clock.today();
         let epoch = self.epoch()?;
         let bases = self.base_periods()?;
-        let mut report = LifecycleReport::default();
-        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
-            if self.store.period_state(b)?.is_none() {
-                self.store.set_period_state(b, PeriodState::Closed)?;
-            }
-        }
-        // Every (release period, cadence) that holds a base period, finer cadences first among
-        // those that end together, so a quarter can use the months inside it.
         let mut due: BTreeSet<(Date, crate::domain::Granularity, Period)> = BTreeSet::new();
         for m in &p.marginals {
             for b in &bases {
@@ -662,11 +685,13 @@ impl Service {
                 }
             }
         }
+        let mut out = Vec::new();
         for (_, cadence, period) in due {
             let covers: Vec<Period> = release::base_periods_in(period, p.granularity)
                 .into_iter()
                 .filter(|b| *b >= epoch)
                 .collect();
+            // Raw data already purged (after a refusal, say) cannot be released any more.
             if covers
                 .iter()
                 .any(|b| self.store.period_state(*b).ok().flatten() == Some(PeriodState::Purged))
@@ -674,29 +699,55 @@ impl Service {
                 continue;
             }
             for org in &p.orgs {
-                let missing: Vec<_> = p
-                    .marginals
-                    .iter()
-                    .filter(|m| m.cadence == cadence)
-                    .filter(|m| {
-                        !matches!(
-                            self.store
-                                .release(&release::release_id(period, &org.id, &m.id)),
-                            Ok(Some(_))
-                        )
-                    })
-                    .collect();
-                if missing.is_empty() {
-                    continue;
-                }
-                match self.draw_and_commit(org, period, covers.clone(), missing) {
-                    Ok(ids) => report.drawn.extend(ids),
-                    Err(ServiceError::BudgetExceeded { release, detail }) => {
-                        tracing::warn!(release = %release, %detail, "release refused: over the privacy budget");
-                        report.refused.push((release, detail));
+                let mut missing = Vec::new();
+                for m in p.marginals.iter().filter(|m| m.cadence == cadence) {
+                    if self
+                        .store
+                        .release(&release::release_id(period, &org.id, &m.id))?
+                        .is_none()
+                    {
+                        missing.push(m);
                     }
-                    Err(e) => return Err(e),
                 }
+                if !missing.is_empty() {
+                    out.push(Batch {
+                        org,
+                        period,
+                        covers: covers.clone(),
+                        marginals: missing,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lifecycle job; holds the release lock throughout.
+    pub fn lifecycle_blocking(&self) -> Result<LifecycleReport, ServiceError> {
+        let _guard = self.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let today = self.clock.today();
+        let bases = self.base_periods()?;
+        let mut report = LifecycleReport::default();
+        // The raw databases of the current and the next period exist before any tick, so the
+        // first tick of a period is not slower than the rest (which would tell its sender they
+        // were first) and no file is created at the moment of a tick.
+        if let Some(current) = bases.last() {
+            self.store.period_secret(*current, fresh_secret)?;
+            self.store.period_secret(current.next(), fresh_secret)?;
+        }
+        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+            if self.store.period_state(b)?.is_none() {
+                self.store.set_period_state(b, PeriodState::Closed)?;
+            }
+        }
+        for batch in self.due_batches()? {
+            match self.draw_and_commit(&batch) {
+                Ok(ids) => report.drawn.extend(ids),
+                Err(ServiceError::BudgetExceeded { release, detail }) => {
+                    tracing::warn!(release = %release, %detail, "release refused: over the privacy budget");
+                    report.refused.push((release, detail));
+                }
+                Err(e) => return Err(e),
             }
         }
         for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
@@ -706,8 +757,12 @@ impl Service {
             {
                 self.store.set_period_state(b, PeriodState::Released)?;
             }
-            if self.store.period_state(b)? == Some(PeriodState::Released)
-                && self.purge_due(b, today)?
+            // Retention is kept whatever happened to the releases: raw data of a period whose
+            // release was refused is deleted on the same day as everyone else's.
+            if matches!(
+                self.store.period_state(b)?,
+                Some(PeriodState::Closed | PeriodState::Released)
+            ) && today > self.purge_day(b)
             {
                 self.store.purge(b)?;
                 report.purged.push(b);
@@ -742,41 +797,30 @@ impl Service {
         Ok(out)
     }
 
-    /// Whether base period `b`'s raw data may go: every release that counts it is drawn, and the
-    /// retention days after the last of them have passed.
-    fn purge_due(&self, b: Period, today: Date) -> Result<bool, ServiceError> {
+    /// The last day base period `b`'s raw data is kept: the retention days after the last
+    /// release that counts it (the one with the longest cadence) could first be drawn.
+    fn purge_day(&self, b: Period) -> Date {
         let p = &*self.policy;
-        let mut last_needed = self.last_tick_day(b);
-        for m in &p.marginals {
-            let period = b.within(m.cadence);
-            for org in &p.orgs {
-                if self
-                    .store
-                    .release(&release::release_id(period, &org.id, &m.id))?
-                    .is_none()
-                {
-                    return Ok(false);
-                }
-            }
-            if let Some(last) = release::base_periods_in(period, p.granularity).last() {
-                last_needed = last_needed.max(self.last_tick_day(*last));
-            }
-        }
-        Ok(today > last_needed + Duration::days(i64::from(p.retention_days)))
+        let last_needed = p
+            .marginals
+            .iter()
+            .filter_map(|m| {
+                release::base_periods_in(b.within(m.cadence), p.granularity)
+                    .last()
+                    .copied()
+            })
+            .map(|last| self.last_tick_day(last))
+            .fold(self.last_tick_day(b), Date::max);
+        last_needed + Duration::days(i64::from(p.retention_days))
     }
 
     /// Draws one batch and writes it with its ledger entries, after the budget check.
-    fn draw_and_commit(
-        &self,
-        org: &crate::policy::Org,
-        period: Period,
-        covers: Vec<Period>,
-        marginals: Vec<&crate::policy::Marginal>,
-    ) -> Result<Vec<String>, ServiceError> {
+    fn draw_and_commit(&self, batch: &Batch<'_>) -> Result<Vec<String>, ServiceError> {
         let p = &*self.policy;
+        let org = batch.org;
         let mut raw = Vec::new();
         let mut supporters = Vec::new();
-        for b in &covers {
+        for b in &batch.covers {
             raw.extend(
                 self.store
                     .cells_of(*b)?
@@ -785,7 +829,7 @@ impl Service {
             );
             supporters.extend(self.store.supporter_counts(*b, &org.id)?);
         }
-        let cover_set: BTreeSet<Period> = covers.iter().copied().collect();
+        let cover_set: BTreeSet<Period> = batch.covers.iter().copied().collect();
         let finer: Vec<Release> = self
             .store
             .releases("")?
@@ -796,44 +840,64 @@ impl Service {
                     && r.covers.iter().all(|c| cover_set.contains(c))
             })
             .collect();
+        // The budget is checked before any noise is drawn, with the spends OpenDP's map gives.
+        let ledger = self.store.ledger()?;
+        self.check_budget(&ledger, batch)?;
         let input = BatchInput {
             policy: p,
             org,
-            period,
-            covers: covers.clone(),
-            marginals,
+            period: batch.period,
+            covers: batch.covers.clone(),
+            marginals: batch.marginals.clone(),
             raw: &raw,
             supporters: &supporters,
             finer: &finer,
         };
-        let batch = release::draw_batch(&input, &*self.noise)?;
-        self.check_budget(&org.id, period, &covers, &batch)?;
-        self.store.commit_releases(&batch)?;
-        Ok(batch.into_iter().map(|(r, _)| r.id).collect())
+        let drawn = release::draw_batch(&input, &*self.noise)?;
+        self.store.commit_releases(&drawn)?;
+        Ok(drawn.into_iter().map(|(r, _)| r.id).collect())
+    }
+
+    /// The ledger entries a batch will write, with OpenDP's spends, before anything is drawn.
+    fn planned_entries(&self, batch: &Batch<'_>) -> Result<Vec<LedgerEntry>, ServiceError> {
+        let p = &*self.policy;
+        batch
+            .marginals
+            .iter()
+            .map(|m| {
+                Ok(LedgerEntry {
+                    release: release::release_id(batch.period, &batch.org.id, &m.id),
+                    org: batch.org.id.clone(),
+                    marginal: m.id.clone(),
+                    period: batch.period,
+                    covers: batch.covers.clone(),
+                    measure: p.privacy.mechanism.measure().into(),
+                    spend: release::release_spend(p, batch.org, m)?,
+                })
+            })
+            .collect()
     }
 
     /// Refuses a batch that would take any covered base period (unit `contact`) over the
-    /// budget, or any 365-day window that holds its end over the rolling-year cap.
-    fn check_budget(
-        &self,
-        org: &str,
-        period: Period,
-        covers: &[Period],
-        batch: &[(Release, LedgerEntry)],
-    ) -> Result<(), ServiceError> {
+    /// budget, or the releases covering any 365 days over the rolling-year cap.
+    ///
+    /// A release counts in every 365-day window that overlaps the base periods it covers: a
+    /// supporter active in any 12 months is in every such release. Of the windows that overlap
+    /// the new batch, the fullest starts where some release first overlaps it, so those starts
+    /// are the ones checked.
+    fn check_budget(&self, ledger: &[LedgerEntry], batch: &Batch<'_>) -> Result<(), ServiceError> {
         let p = &*self.policy;
-        let ledger: Vec<LedgerEntry> = self
-            .store
-            .ledger()?
-            .into_iter()
-            .filter(|e| e.org == org)
-            .collect();
-        let add: f64 = batch.iter().map(|(_, l)| l.spend).sum();
-        let first = batch.first().map(|(r, _)| r.id.clone()).unwrap_or_default();
+        let planned = self.planned_entries(batch)?;
+        let ledger: Vec<&LedgerEntry> = ledger.iter().filter(|e| e.org == batch.org.id).collect();
+        let add: f64 = planned.iter().map(|e| e.spend).sum();
+        let first = planned
+            .first()
+            .map(|e| e.release.clone())
+            .unwrap_or_default();
         let measure = p.privacy.mechanism.measure();
-        // Per period (contact unit): no base period may carry more than the budget.
         if p.privacy.unit == PrivacyUnit::Contact {
-            let spent = covers
+            let spent = batch
+                .covers
                 .iter()
                 .map(|b| {
                     ledger
@@ -853,27 +917,35 @@ impl Service {
                 });
             }
         }
-        // Rolling year: every 365-day window (W - 365, W] that holds this batch's end, checked at
-        // each window end where its sum can change (this end, and later releases' ends).
-        let end = period.end();
+        let span = |covers: &[Period]| -> Option<(Date, Date)> {
+            Some((covers.first()?.start(), covers.last()?.end()))
+        };
+        let Some((new_start, new_end)) = span(&batch.covers) else {
+            return Ok(());
+        };
         let year = Duration::days(365);
-        let mut window_ends: Vec<Date> = ledger
+        // Window [a, a + 365 days) overlaps covered span [s, e) iff a ∈ [s - 364 days, e - 1 day].
+        let overlaps = |a: Date, (s, e): (Date, Date)| a + year > s && a < e;
+        let mut starts: Vec<Date> = ledger
             .iter()
-            .map(|e| e.period.end())
-            .filter(|w| *w > end && *w < end + year)
+            .filter_map(|e| span(&e.covers))
+            .map(|(s, _)| s - year + Duration::days(1))
             .collect();
-        window_ends.push(end);
-        for w in window_ends {
+        starts.push(new_start - year + Duration::days(1));
+        for a in starts
+            .into_iter()
+            .filter(|a| overlaps(*a, (new_start, new_end)))
+        {
             let spent: f64 = ledger
                 .iter()
-                .filter(|e| e.period.end() > w - year && e.period.end() <= w)
+                .filter(|e| span(&e.covers).is_some_and(|sp| overlaps(a, sp)))
                 .map(|e| e.spend)
                 .sum();
             if spent + add > p.privacy.rolling_year_cap * (1.0 + 1e-9) {
                 return Err(ServiceError::BudgetExceeded {
                     release: first,
                     detail: format!(
-                        "it would spend {measure} {add:.3} on top of {spent:.3} spent by releases ending in the year to {w}, over the rolling-year cap of {}",
+                        "it would spend {measure} {add:.3} on top of {spent:.3} spent on the 365 days from {a}, over the rolling-year cap of {}",
                         p.privacy.rolling_year_cap
                     ),
                 });
@@ -883,7 +955,8 @@ impl Service {
     }
 
     /// Releases a closed base period on demand (admin). Idempotent: a period released before
-    /// returns the same releases and spends nothing.
+    /// returns the same releases and spends nothing. If any release that ends with the period
+    /// would go over the budget, nothing at all is drawn and the answer is 409.
     pub async fn release_period(
         &self,
         who: &Principal,
@@ -909,21 +982,27 @@ impl Service {
                 why: format!("it accepts ticks until {}", self.last_tick_day(period)),
             });
         }
-        let report = self.run_lifecycle().await?;
-        let ending = self.releases_ending_with(period)?;
+        let this = self.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            // The same lock as the job: the dry run and the draw see one ledger.
+            let guard = this.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+            this.dry_run(period)?;
+            drop(guard);
+            this.lifecycle_blocking()
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("release job panicked: {e}")))??;
         let mut out = Vec::new();
-        for (id, _) in ending {
+        for (id, _) in self.releases_ending_with(period)? {
             match self.store.release(&id)? {
                 Some(r) => out.push(r),
                 None => {
                     let detail = report
                         .refused
                         .iter()
-                        .find(|(r, _)| {
-                            r.rsplit_once('/').map(|x| x.0) == id.rsplit_once('/').map(|x| x.0)
-                        })
                         .map(|(_, d)| d.clone())
-                        .unwrap_or_else(|| "it would go over the privacy budget".into());
+                        .next()
+                        .unwrap_or_else(|| "it was refused as over the privacy budget".into());
                     return Err(ServiceError::BudgetExceeded {
                         release: id,
                         detail,
@@ -932,6 +1011,22 @@ impl Service {
             }
         }
         Ok((self.period_state(period)?, out))
+    }
+
+    /// Checks, without drawing anything, that every due batch up to and including those that
+    /// end with `period` fits the budget, spending as the job would in order.
+    fn dry_run(&self, period: Period) -> Result<(), ServiceError> {
+        let mut ledger = self.store.ledger()?;
+        for batch in self.due_batches()? {
+            let ends_here = release::base_periods_in(batch.period, self.policy.granularity).last()
+                == Some(&period);
+            match self.check_budget(&ledger, &batch) {
+                Ok(()) => ledger.extend(self.planned_entries(&batch)?),
+                Err(e) if ends_here => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The organisation a reader is limited to, checked against a requested one.

@@ -227,7 +227,11 @@ impl Store {
     pub async fn durable_period(&self, period: Period) -> Result<(), StoreError> {
         match self.period_db(period, false)? {
             Some(db) => self.durable_db(Some(period), db.handle).await,
-            None => Ok(()),
+            // Purged between the write and now: the write is gone, so it must not be
+            // acknowledged.
+            None => Err(StoreError::Corrupt(format!(
+                "the raw data of {period} was deleted before the write was durable"
+            ))),
         }
     }
 
@@ -246,7 +250,12 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("flush failed: {e}")))
     }
 
-    /// Flushes every open database synchronously (shutdown, CLI, management writes).
+    /// Syncs the main database (tokens, states, releases) synchronously.
+    pub fn sync_main(&self) -> Result<(), StoreError> {
+        self.main.sync()
+    }
+
+    /// Flushes every open database synchronously (shutdown, the lifecycle job).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.main.sync()?;
         let open: Vec<PeriodDb> = self
@@ -408,8 +417,10 @@ impl Store {
     /// Records a state for `period`. Closing also sets the flag in its raw database, inside
     /// which ticks check it, so no tick lands after the close.
     pub fn set_period_state(&self, period: Period, state: PeriodState) -> Result<(), StoreError> {
+        // Created if need be, so that a tick that passed the clock check just before the close
+        // still meets the flag inside its transaction.
         if let Some(db) = self
-            .period_db(period, false)?
+            .period_db(period, state == PeriodState::Closed)?
             .filter(|_| state != PeriodState::Open)
         {
             db.handle.db.insert("closed", &[1u8])?;
