@@ -687,6 +687,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn closing_a_period_without_ticks_still_stops_a_late_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let period: Period = "2026-11".parse().unwrap();
+        // The close comes before the period ever had a tick (and a raw database) ...
+        store.set_period_state(period, PeriodState::Closed).unwrap();
+        // ... and a tick that passed the clock check just before it lands after.
+        let w = TickWrite {
+            period,
+            cell: cell("2026-11"),
+            pseudonym: [1; 32],
+            count: 1,
+            cap: 5,
+        };
+        assert!(matches!(
+            store.apply_tick(&w),
+            Err(StoreError::PeriodNotOpen(_))
+        ));
+        assert!(store.cells_of(period).unwrap().is_empty());
+        // A purged period's write is never acknowledged.
+        store.purge(period).unwrap();
+        assert!(store.durable_period(period).await.is_err());
+    }
+
     #[test]
     fn cell_keys_round_trip() {
         let c = cell("2026-11");

@@ -675,3 +675,167 @@ async fn the_budget_shows_every_spend_within_the_policy() {
         }
     }
 }
+
+#[tokio::test]
+async fn exports_with_hard_floats_still_verify() {
+    // Floats whose shortest text does not parse back exactly without serde_json's
+    // float_roundtrip; found by review.
+    let app = TestApp::new();
+    let r = Release {
+        id: "2026-11/helse-vestfjord/total".into(),
+        period: "2026-11".parse().unwrap(),
+        org: "helse-vestfjord".into(),
+        marginal: "total".into(),
+        kind: "contacts".into(),
+        dimensions: vec![],
+        covers: vec!["2026-11".parse().unwrap()],
+        mechanism: "discrete_laplace".into(),
+        privacy_unit: "contact".into(),
+        epsilon: Some(175.47217903306625),
+        rho: None,
+        sensitivity: 1,
+        scale: 985.7006946328695,
+        sensitive_scale: Some(0.1 + 0.2),
+        confidence: 0.95,
+        suppress_below: 3,
+        total_estimate: 4,
+        noise_variance: 1.0 / 3.0,
+        cells: vec![],
+    };
+    let doc = app.svc.signed_export(&[r]).unwrap();
+    let text = serde_json::to_string_pretty(&doc).unwrap();
+    assert_eq!(
+        tellestrek::service::verify_export(&text, Some(&app.svc.public_key())),
+        Ok(1)
+    );
+}
+
+/// The national example: weekly periods, the supporter unit, discrete Gaussian noise.
+fn national() -> Policy {
+    Policy::from_path(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policy/examples/national-weekly.toml"),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_supporter_unit_with_gaussian_noise_records_rho_and_counts_exactly() {
+    let app = TestApp::build(national(), std::sync::Arc::new(tellestrek::dp::ZeroNoise));
+    let s = app.token("supporter", Some("fagforening")).await;
+    let t = app.token("supporter", Some("fagforening")).await;
+    let tags = [
+        ("tjenesteniva", "kommunal"),
+        ("utlosende_arsak", "annet"),
+        ("kanal", "video"),
+    ];
+    let body = |unit: &str, count: u32| {
+        let mut b = json!({"org": "fagforening", "unit": unit, "count": count, "tags": {}});
+        for (d, v) in tags {
+            b["tags"][d] = json!(v);
+        }
+        b
+    };
+    for (tok, unit, n) in [(&s, "nord", 3), (&t, "vest", 2)] {
+        let (st, v) = app
+            .call("POST", "/api/v1/ticks", Some(tok), Some(body(unit, n)))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        assert_eq!(v["period"], "2026-W48");
+    }
+    // The weekly cap of 3 holds.
+    let (st, _) = app
+        .call("POST", "/api/v1/ticks", Some(&s), Some(body("nord", 1)))
+        .await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    app.at(AFTER_YEAR);
+    let report = app.svc.run_lifecycle().await.unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let all = by_id(&app.svc.store().releases("").unwrap());
+    let total = &all["2026-Q4/fagforening/total"];
+    assert_eq!(total.cells[0].estimate, 5);
+    assert_eq!(
+        (total.mechanism.as_str(), total.privacy_unit.as_str()),
+        ("discrete_gaussian", "supporter")
+    );
+    assert!(total.epsilon.is_none() && total.rho.unwrap() > 0.0);
+    // Sensitivity: 3 contacts a week times the 14 weeks a quarter can hold.
+    assert_eq!(total.sensitivity, 42);
+    let region = &all["2026/fagforening/region"];
+    assert_eq!(
+        (
+            estimate(region, "unit", "nord"),
+            estimate(region, "unit", "vest"),
+            estimate(region, "unit", "midt")
+        ),
+        (3, 2, 0)
+    );
+    let level = &all["2026/fagforening/tjenesteniva"];
+    assert_eq!(estimate(level, "tjenesteniva", "kommunal"), 5);
+    let load = &all["2026-Q4/fagforening/load"];
+    assert_eq!(
+        (
+            estimate(load, "supporters", "active"),
+            estimate(load, "supporters", "at_or_above_threshold")
+        ),
+        (2, 1)
+    );
+    // What a supporter active all year is in stays within the budget.
+    let spent: f64 = all.values().map(|r| r.rho.unwrap()).sum();
+    assert!(spent <= 0.5, "{spent}");
+}
+
+#[tokio::test]
+async fn a_lowered_rolling_year_cap_refuses_the_next_release_and_raw_data_is_purged_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(tellestrek::clock::FixedClock::new(crate::helpers::NOW));
+    {
+        let (svc, _) =
+            tellestrek::service::Service::open(dir.path(), national(), clock.clone(), Some(ADMIN))
+                .unwrap();
+        let svc = svc.with_noise(std::sync::Arc::new(tellestrek::dp::ZeroNoise));
+        clock.set(datetime!(2027-01-10 12:00 UTC));
+        let report = svc.run_lifecycle().await.unwrap();
+        assert!(report.drawn.len() >= 4 && report.refused.is_empty());
+    }
+    // The scheme lowers its yearly budget (the supporter unit's rolling-year cap) to 0.1,
+    // below what the 2026 releases already spent.
+    let lowered = Policy::from_str(
+        "lowered.toml",
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("policy/examples/national-weekly.toml"),
+        )
+        .unwrap()
+        .replace("budget = 0.5", "budget = 0.1"),
+    )
+    .unwrap();
+    let (svc, _) =
+        tellestrek::service::Service::open(dir.path(), lowered, clock.clone(), None).unwrap();
+    let svc = svc.with_noise(std::sync::Arc::new(tellestrek::dp::ZeroNoise));
+    clock.set(datetime!(2027-04-10 12:00 UTC));
+    let before = svc.store().ledger().unwrap().len();
+    let report = svc.run_lifecycle().await.unwrap();
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|(id, why)| id.starts_with("2027-Q1/") && why.contains("rolling-year cap")),
+        "{report:?}"
+    );
+    assert_eq!(
+        svc.store().ledger().unwrap().len(),
+        before,
+        "a refused release spends nothing"
+    );
+    // Week 10 of 2027 is needed by the (refused) first quarter and the 2027 year; its raw data
+    // is still deleted on its retention day, 14 days after the year could first be released.
+    clock.set(datetime!(2028-01-25 12:00 UTC));
+    let report = svc.run_lifecycle().await.unwrap();
+    assert!(
+        report.purged.iter().any(|p| p.to_string() == "2027-W10"),
+        "{:?}",
+        report.purged
+    );
+    assert!(!dir.path().join("raw/2027-W10").exists());
+}
