@@ -65,7 +65,7 @@ pub enum StoreError {
     #[error("the store is shutting down")]
     ShuttingDown,
     /// The tick would take the supporter over the period cap; `used` is what they had logged.
-    #[error("over the per-supporter cap ({used} of {cap} used)")]
+    #[error("over the per-supporter cap of {cap}")]
     OverCap { used: u32, cap: u32 },
     /// A release with this id exists already (releases are drawn once).
     #[error("release {0} exists already")]
