@@ -207,7 +207,7 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
         println!("Tokens, one per role (use as `Authorization: Bearer TOKEN`):");
         for (role, org, token) in &demo.tokens {
             let scope = org.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-            println!("  {:<24} {token}", format!("{role}{scope}"));
+            println!("  {:<30} {token}", format!("{role}{scope}"));
         }
         let researcher = demo.tokens.iter().find(|t| t.0 == "researcher").map(|t| t.2.clone()).unwrap_or_default();
         println!("\nTry:\n  curl -H 'Authorization: Bearer {researcher}' 'http://{addr}/api/v1/releases?marginal=unit&org=helse-vestfjord'");
