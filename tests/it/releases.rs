@@ -26,6 +26,14 @@ fn estimate(r: &Release, axis: &str, value: &str) -> u64 {
         .estimate
 }
 
+/// A load release's (active, at or above threshold) estimates.
+fn load_pair(r: &Release) -> (u64, u64) {
+    (
+        estimate(r, "supporters", "active"),
+        estimate(r, "supporters", "at_or_above_threshold"),
+    )
+}
+
 /// Ticks in November and December 2026 in both organisations; returns the app at AFTER_YEAR.
 async fn history(app: &TestApp) {
     let a = app.token("supporter", Some("helse-vestfjord")).await;
@@ -138,13 +146,7 @@ async fn with_zero_noise_releases_count_exactly_over_the_full_domain() {
     assert_eq!(estimate(prof, "yrkesgruppe", "lege"), 6);
     // Supporter load: supporter-months active, and at or above 4 contacts in the month.
     let load = &all["2026-Q4/helse-vestfjord/load"];
-    assert_eq!(
-        (
-            estimate(load, "supporters", "active"),
-            estimate(load, "supporters", "at_or_above_threshold")
-        ),
-        (3, 1)
-    );
+    assert_eq!(load_pair(load), (3, 1));
 
     for r in all.values() {
         if r.kind == "contacts" {
@@ -773,13 +775,7 @@ async fn the_supporter_unit_with_gaussian_noise_records_rho_and_counts_exactly()
     let level = &all["2026/fagforening/tjenesteniva"];
     assert_eq!(estimate(level, "tjenesteniva", "kommunal"), 5);
     let load = &all["2026-Q4/fagforening/load"];
-    assert_eq!(
-        (
-            estimate(load, "supporters", "active"),
-            estimate(load, "supporters", "at_or_above_threshold")
-        ),
-        (2, 1)
-    );
+    assert_eq!(load_pair(load), (2, 1));
     // What a supporter active all year is in stays within the budget.
     let spent: f64 = all.values().map(|r| r.rho.unwrap()).sum();
     assert!(spent <= 0.5, "{spent}");
