@@ -437,3 +437,36 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let (s, v) = app.call("GET", "/healthz", None, None).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
 }
+
+#[tokio::test]
+async fn a_dimension_given_twice_is_refused_not_silently_overwritten() {
+    let app = TestApp::new();
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    let body = tick_body().to_string().replacen(
+        "\"kanal\":\"fysisk\"",
+        "\"kanal\":\"fysisk\",\"kanal\":\"telefon\"",
+        1,
+    );
+    assert!(body.contains("\"kanal\":\"telefon\""), "fixture: {body}");
+    let before = app.snapshot();
+    let (s, v) = app
+        .raw(
+            "POST",
+            "/api/v1/ticks",
+            Some(&sup),
+            Some(body.into_bytes()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("duplicate_field")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("tags")
+            && v["error"]["message"].as_str().unwrap().contains("kanal"),
+        "{v}"
+    );
+    assert_eq!(app.snapshot(), before);
+}
