@@ -270,21 +270,53 @@ pub struct BatchInput<'a> {
     pub finer: &'a [Release],
 }
 
-/// The ε (or ρ) one release of `m` for `org` spends, as OpenDP's privacy map returns it. A
-/// privacy unit's worst case is all its weight in ordinary cells (the smaller noise scale), so
-/// their calibration bounds the release; a marginal of sensitive cells only spends theirs.
-pub fn release_spend(policy: &Policy, org: &Org, m: &Marginal) -> Result<f64, DpError> {
-    let dom = domain(policy, org, m);
-    let strong = policy.privacy.sensitive_noise_multiplier;
-    let all_sensitive = !dom.is_empty() && dom.iter().all(|c| c.sensitive);
-    let multiplier = if all_sensitive { strong } else { 1.0 };
-    Ok(dp::calibrate(
+/// The noise of one marginal: ordinary cells, cells of sensitive values (if they get a larger
+/// scale), and what a release spends.
+pub struct MarginalNoise {
+    /// Calibration of ordinary cells.
+    pub plain: Calibration,
+    /// Calibration of sensitive cells, if the policy gives them more noise.
+    pub sensitive: Option<Calibration>,
+    /// The ε (or ρ) a release spends, from OpenDP's map. A privacy unit's worst case is all its
+    /// weight in ordinary cells (the smaller scale), so their calibration bounds the release;
+    /// a marginal of sensitive cells only spends theirs.
+    pub spend: f64,
+}
+
+/// Calibrates marginal `m` over its domain `dom`: the one place that decides scales and spend,
+/// used by the budget check before drawing and by the draw itself.
+pub fn calibrate_marginal(
+    policy: &Policy,
+    m: &Marginal,
+    dom: &[DomainCell],
+) -> Result<MarginalNoise, DpError> {
+    let (mech, sens, budget) = (
         policy.privacy.mechanism,
         policy.sensitivity(m),
         policy.release_budget(m),
-        multiplier,
-    )?
-    .spend)
+    );
+    let multiplier = policy.privacy.sensitive_noise_multiplier;
+    let plain = dp::calibrate(mech, sens, budget, 1.0)?;
+    let sensitive = if multiplier > 1.0 && dom.iter().any(|c| c.sensitive) {
+        Some(dp::calibrate(mech, sens, budget, multiplier)?)
+    } else {
+        None
+    };
+    let all_sensitive = sensitive.is_some() && dom.iter().all(|c| c.sensitive);
+    let spend = match (&sensitive, all_sensitive) {
+        (Some(s), true) => s.spend,
+        _ => plain.spend,
+    };
+    Ok(MarginalNoise {
+        plain,
+        sensitive,
+        spend,
+    })
+}
+
+/// The ε (or ρ) one release of `m` for `org` spends, as OpenDP's privacy map returns it.
+pub fn release_spend(policy: &Policy, org: &Org, m: &Marginal) -> Result<f64, DpError> {
+    Ok(calibrate_marginal(policy, m, &domain(policy, org, m))?.spend)
 }
 
 /// Draws and post-processes one batch. Returns the releases with their ledger entries.
@@ -308,20 +340,11 @@ pub fn draw_batch(
     for m in &input.marginals {
         let dom = domain(p, input.org, m);
         let truth = true_counts(p, input.org, m, input.raw, input.supporters, &dom);
-        let budget = p.release_budget(m);
-        let sens = p.sensitivity(m);
-        let cal = dp::calibrate(p.privacy.mechanism, sens, budget, 1.0)?;
-        let any_sensitive = dom.iter().any(|c| c.sensitive);
-        let sens_cal = if any_sensitive && p.privacy.sensitive_noise_multiplier > 1.0 {
-            Some(dp::calibrate(
-                p.privacy.mechanism,
-                sens,
-                budget,
-                p.privacy.sensitive_noise_multiplier,
-            )?)
-        } else {
-            None
-        };
+        let MarginalNoise {
+            plain: cal,
+            sensitive: sens_cal,
+            spend,
+        } = calibrate_marginal(p, m, &dom)?;
         // Noise for ordinary and sensitive cells is drawn separately, each at its own scale.
         let (plain_idx, sens_idx): (Vec<usize>, Vec<usize>) =
             (0..dom.len()).partition(|&i| !(dom[i].sensitive && sens_cal.is_some()));
@@ -347,13 +370,6 @@ pub fn draw_batch(
         };
         let var = (0..dom.len()).map(|i| cal_of(i).variance).collect();
         let half = (0..dom.len()).map(|i| cal_of(i).ci_half_width).collect();
-        // Under both units, a privacy unit's worst case is all its weight in ordinary cells
-        // (the smaller scale), so that calibration's spend bounds the release's.
-        let spend = if plain_idx.is_empty() {
-            sens_cal.map_or(cal.spend, |c| c.spend)
-        } else {
-            cal.spend
-        };
         drawn.push(Drawn {
             m,
             dom,

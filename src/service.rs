@@ -895,6 +895,10 @@ impl Service {
             .map(|e| e.release.clone())
             .unwrap_or_default();
         let measure = p.privacy.mechanism.measure();
+        let refuse = |detail: String| ServiceError::BudgetExceeded {
+            release: first.clone(),
+            detail,
+        };
         if p.privacy.unit == PrivacyUnit::Contact {
             let spent = batch
                 .covers
@@ -908,13 +912,10 @@ impl Service {
                 })
                 .fold(0.0, f64::max);
             if spent + add > p.privacy.budget * (1.0 + 1e-9) {
-                return Err(ServiceError::BudgetExceeded {
-                    release: first,
-                    detail: format!(
-                        "it would spend {measure} {add:.3} on a period that has {spent:.3} spent already, over the budget of {}",
-                        p.privacy.budget
-                    ),
-                });
+                return Err(refuse(format!(
+                    "it would spend {measure} {add:.3} on a period that has {spent:.3} spent already, over the budget of {}",
+                    p.privacy.budget
+                )));
             }
         }
         let span = |covers: &[Period]| -> Option<(Date, Date)> {
@@ -942,13 +943,10 @@ impl Service {
                 .map(|e| e.spend)
                 .sum();
             if spent + add > p.privacy.rolling_year_cap * (1.0 + 1e-9) {
-                return Err(ServiceError::BudgetExceeded {
-                    release: first,
-                    detail: format!(
-                        "it would spend {measure} {add:.3} on top of {spent:.3} spent on the 365 days from {a}, over the rolling-year cap of {}",
-                        p.privacy.rolling_year_cap
-                    ),
-                });
+                return Err(refuse(format!(
+                    "it would spend {measure} {add:.3} on top of {spent:.3} spent on the 365 days from {a}, over the rolling-year cap of {}",
+                    p.privacy.rolling_year_cap
+                )));
             }
         }
         Ok(())

@@ -223,7 +223,8 @@ async fn concurrent_release_requests_give_one_release_and_one_ledger_entry() {
     app.at(datetime!(2026-12-10 08:00 UTC));
     let calls =
         (0..8).map(|_| app.call("POST", "/api/v1/periods/2026-11/release", Some(ADMIN), None));
-    let answers = futures_join(calls).await;
+    // Polled together: they interleave at every await, as concurrent requests do.
+    let answers = futures::future::join_all(calls).await;
     for (s, v) in &answers {
         assert_eq!(*s, StatusCode::OK, "{v}");
         assert_eq!(v, &answers[0].1);
@@ -286,35 +287,6 @@ async fn concurrent_release_requests_give_one_release_and_one_ledger_entry() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-}
-
-async fn futures_join<F: std::future::Future<Output = T>, T>(
-    fs: impl Iterator<Item = F>,
-) -> Vec<T> {
-    let handles: Vec<_> = fs.collect();
-    let mut out = Vec::new();
-    // Polled together on one task: they interleave at every await, as concurrent requests do.
-    let mut pinned: Vec<_> = handles.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<T>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.extend(results.into_iter().map(|r| r.unwrap()));
-    out
 }
 
 #[tokio::test]
