@@ -1,0 +1,411 @@
+//! The lifecycle job: closes periods, checks the budget, draws releases once, purges raw data.
+
+use super::*;
+
+/// What one run of the lifecycle job did.
+#[derive(Debug, Default, Serialize)]
+pub struct LifecycleReport {
+    /// Ids of the releases drawn.
+    pub drawn: Vec<String>,
+    /// Batches refused: the first release id of the batch, and why.
+    pub refused: Vec<(String, String)>,
+    /// Base periods whose raw data was deleted.
+    pub purged: Vec<Period>,
+}
+
+/// One release batch: an organisation, a release period and the marginals still to draw.
+pub(crate) struct Batch<'a> {
+    org: &'a crate::policy::Org,
+    period: Period,
+    covers: Vec<Period>,
+    marginals: Vec<&'a crate::policy::Marginal>,
+}
+
+impl Service {
+    /// Runs the lifecycle job off the async threads: closes periods whose grace days are over,
+    /// draws every release that is due, and purges raw data past its retention.
+    pub async fn run_lifecycle(&self) -> Result<LifecycleReport, ServiceError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.lifecycle_blocking())
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("lifecycle job panicked: {e}")))?
+    }
+
+    /// Whether base period `b` no longer accepts ticks.
+    pub(crate) fn is_closed(&self, b: Period, today: Date) -> bool {
+        today > self.last_tick_day(b)
+    }
+
+    /// The batches the lifecycle job would draw now, in the order it draws them: every
+    /// (release period, organisation) whose last base period is closed and that lacks a
+    /// release of some marginal of that cadence. Finer cadences come first among periods that
+    /// end together, so a quarter can use the months inside it.
+    pub(crate) fn due_batches(&self) -> Result<Vec<Batch<'_>>, ServiceError> {
+        let p = &*self.policy;
+        let today = self.clock.today();
+        let epoch = self.epoch()?;
+        let bases = self.base_periods()?;
+        let mut due: BTreeSet<(Date, crate::domain::Granularity, Period)> = BTreeSet::new();
+        for m in &p.marginals {
+            for b in &bases {
+                let period = b.within(m.cadence);
+                let last = *release::base_periods_in(period, p.granularity)
+                    .last()
+                    .unwrap_or(b);
+                if self.is_closed(last, today) {
+                    due.insert((period.end(), m.cadence, period));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (_, cadence, period) in due {
+            let covers: Vec<Period> = release::base_periods_in(period, p.granularity)
+                .into_iter()
+                .filter(|b| *b >= epoch)
+                .collect();
+            // Raw data already purged (after a refusal, say) cannot be released any more.
+            if covers
+                .iter()
+                .any(|b| self.store.period_state(*b).ok().flatten() == Some(PeriodState::Purged))
+            {
+                continue;
+            }
+            for org in &p.orgs {
+                let mut missing = Vec::new();
+                for m in p.marginals.iter().filter(|m| m.cadence == cadence) {
+                    if self
+                        .store
+                        .release(&release::release_id(period, &org.id, &m.id))?
+                        .is_none()
+                    {
+                        missing.push(m);
+                    }
+                }
+                if !missing.is_empty() {
+                    out.push(Batch {
+                        org,
+                        period,
+                        covers: covers.clone(),
+                        marginals: missing,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lifecycle job; holds the release lock throughout.
+    pub fn lifecycle_blocking(&self) -> Result<LifecycleReport, ServiceError> {
+        let _guard = self.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let today = self.clock.today();
+        let bases = self.base_periods()?;
+        let mut report = LifecycleReport::default();
+        // The raw databases of the current and the next period exist before any tick, so the
+        // first tick of a period is not slower than the rest (which would tell its sender they
+        // were first) and no file is created at the moment of a tick.
+        if let Some(current) = bases.last() {
+            self.store.period_secret(*current, fresh_secret)?;
+            self.store.period_secret(current.next(), fresh_secret)?;
+        }
+        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+            if self.store.period_state(b)?.is_none() {
+                self.store.set_period_state(b, PeriodState::Closed)?;
+            }
+        }
+        for batch in self.due_batches()? {
+            match self.draw_and_commit(&batch) {
+                Ok(ids) => report.drawn.extend(ids),
+                Err(ServiceError::BudgetExceeded { release, detail }) => {
+                    tracing::warn!(release = %release, %detail, "release refused: over the privacy budget");
+                    report.refused.push((release, detail));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+            let state = self.store.period_state(b)?;
+            if state == Some(PeriodState::Closed)
+                && self.releases_ending_with(b)?.iter().all(|(_, done)| *done)
+            {
+                self.store.set_period_state(b, PeriodState::Released)?;
+            }
+            // Retention is kept whatever happened to the releases: raw data of a period whose
+            // release was refused is deleted on the same day as everyone else's.
+            if matches!(
+                self.store.period_state(b)?,
+                Some(PeriodState::Closed | PeriodState::Released)
+            ) && today > self.purge_day(b)
+            {
+                self.store.purge(b)?;
+                report.purged.push(b);
+            }
+        }
+        self.store.flush()?;
+        if !report.drawn.is_empty() || !report.purged.is_empty() {
+            tracing::info!(
+                drawn = report.drawn.len(),
+                purged = report.purged.len(),
+                "lifecycle job ran"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The releases (ids, and whether drawn) whose period ends with base period `b`.
+    pub(crate) fn releases_ending_with(
+        &self,
+        b: Period,
+    ) -> Result<Vec<(String, bool)>, ServiceError> {
+        let p = &*self.policy;
+        let mut out = Vec::new();
+        for m in &p.marginals {
+            let period = b.within(m.cadence);
+            if release::base_periods_in(period, p.granularity).last() != Some(&b) {
+                continue;
+            }
+            for org in &p.orgs {
+                let id = release::release_id(period, &org.id, &m.id);
+                let done = self.store.release(&id)?.is_some();
+                out.push((id, done));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last day base period `b`'s raw data is kept: the retention days after the last
+    /// release that counts it (the one with the longest cadence) could first be drawn.
+    pub(crate) fn purge_day(&self, b: Period) -> Date {
+        let p = &*self.policy;
+        let last_needed = p
+            .marginals
+            .iter()
+            .filter_map(|m| {
+                release::base_periods_in(b.within(m.cadence), p.granularity)
+                    .last()
+                    .copied()
+            })
+            .map(|last| self.last_tick_day(last))
+            .fold(self.last_tick_day(b), Date::max);
+        last_needed + Duration::days(i64::from(p.retention_days))
+    }
+
+    /// Draws one batch and writes it with its ledger entries, after the budget check.
+    pub(crate) fn draw_and_commit(&self, batch: &Batch<'_>) -> Result<Vec<String>, ServiceError> {
+        let p = &*self.policy;
+        let org = batch.org;
+        let mut raw = Vec::new();
+        let mut supporters = Vec::new();
+        for b in &batch.covers {
+            raw.extend(
+                self.store
+                    .cells_of(*b)?
+                    .into_iter()
+                    .filter(|(c, _)| c.org == org.id),
+            );
+            supporters.extend(self.store.supporter_counts(*b, &org.id)?);
+        }
+        let cover_set: BTreeSet<Period> = batch.covers.iter().copied().collect();
+        let finer: Vec<Release> = self
+            .store
+            .releases("")?
+            .into_iter()
+            .filter(|r| {
+                r.org == org.id
+                    && !r.covers.is_empty()
+                    && r.covers.iter().all(|c| cover_set.contains(c))
+            })
+            .collect();
+        // The budget is checked before any noise is drawn, with the spends OpenDP's map gives.
+        let ledger = self.store.ledger()?;
+        self.check_budget(&ledger, batch)?;
+        let input = BatchInput {
+            policy: p,
+            org,
+            period: batch.period,
+            covers: batch.covers.clone(),
+            marginals: batch.marginals.clone(),
+            raw: &raw,
+            supporters: &supporters,
+            finer: &finer,
+        };
+        let drawn = release::draw_batch(&input, &*self.noise)?;
+        self.store.commit_releases(&drawn)?;
+        Ok(drawn.into_iter().map(|(r, _)| r.id).collect())
+    }
+
+    /// The ledger entries a batch will write, with OpenDP's spends, before anything is drawn.
+    pub(crate) fn planned_entries(
+        &self,
+        batch: &Batch<'_>,
+    ) -> Result<Vec<LedgerEntry>, ServiceError> {
+        let p = &*self.policy;
+        batch
+            .marginals
+            .iter()
+            .map(|m| {
+                Ok(LedgerEntry {
+                    release: release::release_id(batch.period, &batch.org.id, &m.id),
+                    org: batch.org.id.clone(),
+                    marginal: m.id.clone(),
+                    period: batch.period,
+                    covers: batch.covers.clone(),
+                    measure: p.privacy.mechanism.measure().into(),
+                    spend: release::release_spend(p, batch.org, m)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses a batch that would take any covered base period (unit `contact`) over the
+    /// budget, or the releases covering any 365 days over the rolling-year cap.
+    ///
+    /// A release counts in every 365-day window that overlaps the base periods it covers: a
+    /// supporter active in any 12 months is in every such release. Of the windows that overlap
+    /// the new batch, the fullest starts where some release first overlaps it, so those starts
+    /// are the ones checked.
+    pub(crate) fn check_budget(
+        &self,
+        ledger: &[LedgerEntry],
+        batch: &Batch<'_>,
+    ) -> Result<(), ServiceError> {
+        let p = &*self.policy;
+        let planned = self.planned_entries(batch)?;
+        let ledger: Vec<&LedgerEntry> = ledger.iter().filter(|e| e.org == batch.org.id).collect();
+        let add: f64 = planned.iter().map(|e| e.spend).sum();
+        let first = planned
+            .first()
+            .map(|e| e.release.clone())
+            .unwrap_or_default();
+        let measure = p.privacy.mechanism.measure();
+        let refuse = |detail: String| ServiceError::BudgetExceeded {
+            release: first.clone(),
+            detail,
+        };
+        if p.privacy.unit == PrivacyUnit::Contact {
+            let spent = batch
+                .covers
+                .iter()
+                .map(|b| {
+                    ledger
+                        .iter()
+                        .filter(|e| e.covers.contains(b))
+                        .map(|e| e.spend)
+                        .sum::<f64>()
+                })
+                .fold(0.0, f64::max);
+            if spent + add > p.privacy.budget * (1.0 + 1e-9) {
+                return Err(refuse(format!(
+                    "it would spend {measure} {add:.3} on a period that has {spent:.3} spent already, over the budget of {}",
+                    p.privacy.budget
+                )));
+            }
+        }
+        let span = |covers: &[Period]| -> Option<(Date, Date)> {
+            Some((covers.first()?.start(), covers.last()?.end()))
+        };
+        let Some((new_start, new_end)) = span(&batch.covers) else {
+            return Ok(());
+        };
+        let year = Duration::days(365);
+        // Window [a, a + 365 days) overlaps covered span [s, e) iff a ∈ [s - 364 days, e - 1 day].
+        let overlaps = |a: Date, (s, e): (Date, Date)| a + year > s && a < e;
+        let mut starts: Vec<Date> = ledger
+            .iter()
+            .filter_map(|e| span(&e.covers))
+            .map(|(s, _)| s - year + Duration::days(1))
+            .collect();
+        starts.push(new_start - year + Duration::days(1));
+        for a in starts
+            .into_iter()
+            .filter(|a| overlaps(*a, (new_start, new_end)))
+        {
+            let spent: f64 = ledger
+                .iter()
+                .filter(|e| span(&e.covers).is_some_and(|sp| overlaps(a, sp)))
+                .map(|e| e.spend)
+                .sum();
+            if spent + add > p.privacy.rolling_year_cap * (1.0 + 1e-9) {
+                return Err(refuse(format!(
+                    "it would spend {measure} {add:.3} on top of {spent:.3} spent on the 365 days from {a}, over the rolling-year cap of {}",
+                    p.privacy.rolling_year_cap
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases a closed base period on demand (admin). Idempotent: a period released before
+    /// returns the same releases and spends nothing. If any release that ends with the period
+    /// would go over the budget, nothing at all is drawn and the answer is 409.
+    pub async fn release_period(
+        &self,
+        who: &Principal,
+        text: &str,
+    ) -> Result<(PeriodState, Vec<Release>), ServiceError> {
+        require(who, &[Role::Admin], "an admin token")?;
+        let period: Period = text.parse().map_err(ServiceError::InvalidPeriod)?;
+        if period.granularity() != self.policy.granularity {
+            return Err(ServiceError::InvalidPeriod(format!(
+                "`{text}` is not a {} of this scheme",
+                self.policy.granularity.as_str()
+            )));
+        }
+        if period < self.epoch()? {
+            return Err(ServiceError::NotReleasable {
+                period,
+                why: "it is before the service started collecting".into(),
+            });
+        }
+        if !self.is_closed(period, self.clock.today()) {
+            return Err(ServiceError::NotReleasable {
+                period,
+                why: format!("it accepts ticks until {}", self.last_tick_day(period)),
+            });
+        }
+        let this = self.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            // The same lock as the job: the dry run and the draw see one ledger.
+            let guard = this.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+            this.dry_run(period)?;
+            drop(guard);
+            this.lifecycle_blocking()
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("release job panicked: {e}")))??;
+        let mut out = Vec::new();
+        for (id, _) in self.releases_ending_with(period)? {
+            match self.store.release(&id)? {
+                Some(r) => out.push(r),
+                None => {
+                    let detail = report
+                        .refused
+                        .iter()
+                        .map(|(_, d)| d.clone())
+                        .next()
+                        .unwrap_or_else(|| "it was refused as over the privacy budget".into());
+                    return Err(ServiceError::BudgetExceeded {
+                        release: id,
+                        detail,
+                    });
+                }
+            }
+        }
+        Ok((self.period_state(period)?, out))
+    }
+
+    /// Checks, without drawing anything, that every due batch up to and including those that
+    /// end with `period` fits the budget, spending as the job would in order.
+    pub(crate) fn dry_run(&self, period: Period) -> Result<(), ServiceError> {
+        let mut ledger = self.store.ledger()?;
+        for batch in self.due_batches()? {
+            let ends_here = release::base_periods_in(batch.period, self.policy.granularity).last()
+                == Some(&period);
+            match self.check_budget(&ledger, &batch) {
+                Ok(()) => ledger.extend(self.planned_entries(&batch)?),
+                Err(e) if ends_here => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Logging a tick: every check before any write, and the answer only once it is on disk.
+
+use super::*;
+
+/// Body of `POST /api/v1/ticks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TickRequest {
+    /// Organisation id.
+    pub org: String,
+    /// Unit id within the organisation.
+    pub unit: String,
+    /// One value id per dimension.
+    #[serde(deserialize_with = "unique_tags")]
+    pub tags: TagSet,
+    /// Contacts logged at once; default 1.
+    #[serde(default)]
+    pub count: Option<i64>,
+    /// Base period, default the current one (e.g. the previous month during the grace days).
+    #[serde(default)]
+    pub period: Option<String>,
+}
+
+/// Reads `tags`, refusing a dimension given twice (JSON allows it; silently keeping the last
+/// would log something other than what the supporter may have meant).
+fn unique_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TagSet, D::Error> {
+    struct Tags;
+    impl<'de> serde::de::Visitor<'de> for Tags {
+        type Value = TagSet;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object from dimension ids to value ids")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TagSet, A::Error> {
+            let mut out = TagSet::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate dimension `{k}`: give each dimension once"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Tags)
+}
+
+/// Response to an accepted tick.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct TickAccepted {
+    /// The period the contacts were counted in.
+    pub period: Period,
+    /// Contacts accepted.
+    pub accepted: u32,
+}
+
+impl Service {
+    /// Logs contacts. Every check happens before any write; the result is durable when this
+    /// returns `Ok`.
+    pub async fn log_tick(
+        &self,
+        who: &Principal,
+        req: TickRequest,
+    ) -> Result<TickAccepted, ServiceError> {
+        let write = self.check_tick(who, req)?;
+        // The supporter's running count stays inside: no answer carries a raw count.
+        self.store.apply_tick(&write).map_err(|e| match e {
+            StoreError::OverCap { cap, .. } => ServiceError::OverCap {
+                period: write.period,
+                cap,
+            },
+            StoreError::PeriodNotOpen(state) => ServiceError::PeriodNotOpen {
+                period: write.period,
+                why: format!("it is {}", state.as_str()),
+            },
+            other => ServiceError::Store(other),
+        })?;
+        self.store.durable_period(write.period).await?;
+        Ok(TickAccepted {
+            period: write.period,
+            accepted: write.count,
+        })
+    }
+
+    /// Validates a tick and prepares its write, in the order a person fixing the request would
+    /// want to hear about problems: who, where, what, how many, when.
+    pub fn check_tick(&self, who: &Principal, req: TickRequest) -> Result<TickWrite, ServiceError> {
+        require(who, &[Role::Supporter], "a supporter token")?;
+        let org = self
+            .policy
+            .org(&req.org)
+            .ok_or_else(|| ServiceError::UnknownOrg(req.org.clone()))?;
+        if who.org.as_deref() != Some(org.id.as_str()) {
+            return Err(ServiceError::WrongOrg(req.org));
+        }
+        if org.unit(&req.unit).is_none() {
+            return Err(ServiceError::UnknownUnit {
+                org: req.org,
+                unit: req.unit,
+            });
+        }
+        self.policy.check_tags(&req.tags)?;
+        let max = self.policy.max_count_per_request;
+        let count = match req.count {
+            None => 1,
+            Some(n) if n >= 1 && n <= i64::from(max) => n as u32,
+            Some(n) => return Err(ServiceError::InvalidCount { given: n, max }),
+        };
+        let today = self.clock.today();
+        let period = match &req.period {
+            None => Period::containing(self.policy.granularity, today),
+            Some(text) => {
+                let p: Period = text.parse().map_err(ServiceError::InvalidPeriod)?;
+                if p.granularity() != self.policy.granularity {
+                    return Err(ServiceError::InvalidPeriod(format!(
+                        "`{text}` is a {}, but this scheme counts by {}",
+                        p.granularity().as_str(),
+                        self.policy.granularity.as_str()
+                    )));
+                }
+                p
+            }
+        };
+        if let Some(why) = self.not_open_reason(period, today) {
+            return Err(ServiceError::PeriodNotOpen { period, why });
+        }
+        let secret = self.store.period_secret(period, fresh_secret)?;
+        let pseudonym = PeriodSecret::from_bytes(&secret)?.pseudonym(&who.token_id);
+        Ok(TickWrite {
+            period,
+            cell: CellKey {
+                period,
+                org: req.org,
+                unit: req.unit,
+                tags: req.tags,
+            },
+            pseudonym,
+            count,
+            cap: self.policy.max_ticks_per_supporter_period,
+        })
+    }
+}
