@@ -18,6 +18,7 @@
 //! | [`store`] | sled key layout, transactions, group-commit durability (the only `sled` user) | HTTP, noise |
 //! | [`service`] | use cases: authenticate, log tick, tokens, periods | axum |
 //! | [`api`] | JSON handlers, extractors, the one error-to-HTTP mapping | sled, opendp, ring |
+//! | [`logging`] | the log filter: the operator's verbosity reaches this crate only | everything else |
 //! | [`server`] | router, `run` over a bound listener, shutdown | sled, opendp, ring |
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod clock;
 pub mod demo;
 pub mod domain;
+pub mod logging;
 pub mod dp;
 pub mod plan;
 pub mod policy;

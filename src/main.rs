@@ -77,11 +77,16 @@ fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
 }
 
 fn main() -> ExitCode {
+    let spec = std::env::var(tellestrek::logging::LOG_ENV).ok();
+    let filter = match tellestrek::logging::filter(spec.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TELLESTREK_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -1,0 +1,74 @@
+//! The log filter: the operator's verbosity reaches this crate only.
+//!
+//! `TELLESTREK_LOG=debug` (or `trace`) must never switch on a dependency's debug output: sled's
+//! trace log prints keys and values (raw cells, pseudonyms, secrets), and hyper's and tower's
+//! would print every request's arrival, which for the tick route is the moment a contact was
+//! logged. So a bare level in the operator's filter applies to `tellestrek` alone, and every
+//! other crate stays at `warn` unless the operator names it explicitly (`sled=debug`), a choice
+//! that is then theirs to make on a test system, never the default effect of "more logging".
+//!
+//! Nothing in this crate logs per tick, at any level: no line can then carry a tick's time. The
+//! store logs a change of its health (able to write, or not) once, not per request.
+
+use tracing_subscriber::EnvFilter;
+
+/// The environment variable with the operator's filter.
+pub const LOG_ENV: &str = "TELLESTREK_LOG";
+
+/// Level for everything that is not named: dependencies say only what is wrong.
+const DEPENDENCY_LEVEL: &str = "warn";
+
+/// This crate's target (the library and the binary share it).
+const OWN_TARGET: &str = "tellestrek";
+
+/// The levels `tracing` knows, which a bare directive may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Turns the operator's filter into the one in force: each bare level (`debug`) becomes
+/// `tellestrek=debug`; directives that name a target (`sled=debug`, `tellestrek::store=trace`)
+/// are kept as written; dependencies default to `warn`, this crate to `info`.
+pub fn filter_directives(spec: Option<&str>) -> String {
+    let mut out = vec![DEPENDENCY_LEVEL.to_string(), format!("{OWN_TARGET}=info")];
+    for d in spec
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        if LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            out.push(format!("{OWN_TARGET}={}", d.to_ascii_lowercase()));
+        } else {
+            out.push(d.to_string());
+        }
+    }
+    out.join(",")
+}
+
+/// The filter in force for the given operator setting; an unparsable setting is an error that
+/// names it, so a typo never silently changes what is logged.
+pub fn filter(spec: Option<&str>) -> Result<EnvFilter, String> {
+    let directives = filter_directives(spec);
+    EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|e| format!("{LOG_ENV}: `{}` is not a log filter: {e}", spec.unwrap_or("")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_level_reaches_this_crate_only() {
+        assert_eq!(
+            filter_directives(Some("trace")),
+            "warn,tellestrek=info,tellestrek=trace"
+        );
+        assert_eq!(filter_directives(None), "warn,tellestrek=info");
+        assert_eq!(
+            filter_directives(Some("DEBUG, sled=info")),
+            "warn,tellestrek=info,tellestrek=debug,sled=info"
+        );
+        assert!(filter(Some("trace")).is_ok());
+        assert!(filter(Some("tellestrek=[")).is_err());
+    }
+}
