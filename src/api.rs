@@ -100,7 +100,7 @@ impl From<ServiceError> for ApiError {
             BudgetExceeded { .. } => (StatusCode::CONFLICT, "budget_exceeded"),
             UnknownFilter { field: "org", .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_org"),
             UnknownFilter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_marginal"),
-            Store(_) | Auth(_) | Dp(_) => {
+            Store(_) | Auth(_) | Dp(_) | PolicyChange(_) | Regime(_) => {
                 // The detail may name internals; it goes to the operator's log, not the client.
                 tracing::error!(error = %e, "internal error");
                 return ApiError::internal();
@@ -317,7 +317,8 @@ pub async fn get_policy(
             ));
         }
     };
-    let p = svc.policy();
+    // The taxonomy a tick must use now: the current period's policy.
+    let p = svc.current_policy();
     Ok(Json(json!({
         "name": p.name,
         "period": p.granularity.as_str(),

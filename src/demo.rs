@@ -110,7 +110,6 @@ pub async fn build(
         code: "not_empty",
         message: "the demo needs an empty data directory".into(),
     })?;
-    svc.set_epoch(first)?;
     let admin_p = svc.authenticate(Some(admin.expose()))?;
     let mut rng = StdRng::seed_from_u64(2026);
 

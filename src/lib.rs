@@ -13,6 +13,7 @@
 //! | --- | --- | --- |
 //! | [`domain`] | periods, roles, cell keys, token records | axum, sled, opendp, ring, tokio |
 //! | [`policy`] | policy TOML: taxonomy, orgs, caps, release plan; validation | storage, HTTP, noise |
+//! | [`regime`] | which policy each base period was collected under; what a policy edit does | storage, HTTP, noise |
 //! | [`clock`] | the `Clock` trait; system and fixed clocks | everything else |
 //! | [`auth`] | tokens, pseudonyms, signing key (the only `ring` user) | storage, HTTP |
 //! | [`store`] | sled key layout, transactions, group-commit durability (the only `sled` user) | HTTP, noise |
@@ -26,10 +27,11 @@ pub mod auth;
 pub mod clock;
 pub mod demo;
 pub mod domain;
-pub mod logging;
 pub mod dp;
+pub mod logging;
 pub mod plan;
 pub mod policy;
+pub mod regime;
 pub mod release;
 pub mod server;
 pub mod service;

@@ -48,9 +48,12 @@ pub fn filter_directives(spec: Option<&str>) -> String {
 /// names it, so a typo never silently changes what is logged.
 pub fn filter(spec: Option<&str>) -> Result<EnvFilter, String> {
     let directives = filter_directives(spec);
-    EnvFilter::builder()
-        .parse(&directives)
-        .map_err(|e| format!("{LOG_ENV}: `{}` is not a log filter: {e}", spec.unwrap_or("")))
+    EnvFilter::builder().parse(&directives).map_err(|e| {
+        format!(
+            "{LOG_ENV}: `{}` is not a log filter: {e}",
+            spec.unwrap_or("")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -66,6 +66,10 @@ enum PolicyCommand {
     Check {
         /// Policy file; default the built-in policy.
         file: Option<PathBuf>,
+        /// A data directory (the server may be running): show what this file would change
+        /// there at the next start, and from which period, or why it would be refused (exit 1).
+        #[arg(long, value_name = "DATA_DIR")]
+        against: Option<PathBuf>,
     },
 }
 
@@ -131,13 +135,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Policy {
-            command: PolicyCommand::Check { file },
+            command: PolicyCommand::Check { file, against },
         } => {
             let policy = load_policy(file.as_ref())?;
             print!("{}", tellestrek::plan::describe(&policy)?);
+            if let Some(dir) = against {
+                println!("\nAgainst the data directory {}:", dir.display());
+                print!("{}", policy_against(&dir, &policy)?);
+            }
             Ok(())
         }
     }
+}
+
+/// What `policy` would do to the regimes of data directory `dir` at a start today; reads only
+/// the plain regime file, so it works while the server runs.
+fn policy_against(dir: &std::path::Path, policy: &Policy) -> anyhow::Result<String> {
+    use tellestrek::regime::{self, Regimes};
+    let today = clock::from_env().map_err(anyhow::Error::msg)?.today();
+    let current = tellestrek::domain::Period::containing(policy.granularity, today);
+    let stored = tellestrek::store::read_regimes(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|b| Regimes::from_bytes(&b))
+        .transpose()?;
+    if stored.is_none() && dir.join("db").exists() {
+        anyhow::bail!(
+            "{} has no {}: it was written by an older version; start the server once to adopt it",
+            dir.display(),
+            tellestrek::store::REGIMES_FILE
+        );
+    }
+    let plan = regime::plan(stored.as_ref(), policy, &policy.text, current)?;
+    let mut out = plan.describe();
+    if let Some(s) = &stored {
+        out.push_str("Policies this data directory holds:\n");
+        for r in s.all() {
+            out.push_str(&format!("  from {}: {}\n", r.from, r.policy.source));
+        }
+    }
+    Ok(out)
 }
 
 fn serve(data: PathBuf, policy: Policy, listen: SocketAddr) -> anyhow::Result<()> {
@@ -163,6 +199,7 @@ fn serve(data: PathBuf, policy: Policy, listen: SocketAddr) -> anyhow::Result<()
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
+        println!("Policy: {}", svc.policy_change().trim_end());
         println!(
             "Tellestrek listening on http://{addr} (data: {}, policy: {})",
             data.display(),

@@ -262,6 +262,8 @@ pub struct Thresholds {
 pub struct Policy {
     /// Where it came from, for messages.
     pub source: String,
+    /// The text it was parsed from, kept with the data it governs (see `regime`).
+    pub text: String,
     /// The scheme's name.
     pub name: String,
     /// Length of a base period (the unit of collection); default month.
@@ -573,7 +575,9 @@ impl Policy {
             file: file.to_string(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        validate(file, raw)
+        let mut policy = validate(file, raw)?;
+        policy.text = text.to_string();
+        Ok(policy)
     }
 
     /// The organisation with this id.
@@ -1002,6 +1006,7 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
 
     let mut policy = Policy {
         source: file.to_string(),
+        text: String::new(),
         name: raw.name,
         granularity,
         grace_days: raw.period.grace_days,

@@ -573,6 +573,33 @@ impl Store {
     }
 }
 
+/// The regime list's file in the data directory: plain JSON, so that `policy check --against`
+/// can read it while the server holds the database open.
+pub const REGIMES_FILE: &str = "regimes.json";
+
+/// The stored regime list of data directory `dir`, if it has one.
+pub fn read_regimes(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match std::fs::read(dir.join(REGIMES_FILE)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Replaces the regime list of `dir` atomically and durably: a temporary file (created 0600)
+/// is written and synced, renamed over the old one, and the directory synced, so a crash leaves
+/// either the old list or the new one.
+pub fn write_regimes(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join(REGIMES_FILE))
+        .map_err(|e| StoreError::Io(e.error))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 /// Get-or-create of one key, safe under concurrency (compare-and-swap).
 fn get_or_create(
     tree: &sled::Tree,

@@ -1,6 +1,7 @@
 //! The lifecycle job: closes periods, checks the budget, draws releases once, purges raw data.
 
 use super::*;
+use crate::domain::Granularity;
 
 /// What one run of the lifecycle job did.
 #[derive(Debug, Default, Serialize)]
@@ -13,8 +14,10 @@ pub struct LifecycleReport {
     pub purged: Vec<Period>,
 }
 
-/// One release batch: an organisation, a release period and the marginals still to draw.
+/// One release batch: an organisation, a release period and the marginals still to draw, under
+/// the policy its base periods were collected under.
 pub(crate) struct Batch<'a> {
+    policy: &'a Policy,
     org: &'a crate::policy::Org,
     period: Period,
     covers: Vec<Period>,
@@ -41,17 +44,18 @@ impl Service {
     /// release of some marginal of that cadence. Finer cadences come first among periods that
     /// end together, so a quarter can use the months inside it.
     pub(crate) fn due_batches(&self) -> Result<Vec<Batch<'_>>, ServiceError> {
-        let p = &*self.policy;
         let today = self.clock.today();
-        let epoch = self.epoch()?;
+        let gran = self.regimes.granularity();
+        let epoch = self.regimes.epoch();
         let bases = self.base_periods()?;
         let mut due: BTreeSet<(Date, crate::domain::Granularity, Period)> = BTreeSet::new();
-        for m in &p.marginals {
-            for b in &bases {
+        for b in &bases {
+            let Some(regime) = self.regimes.at(*b) else {
+                continue;
+            };
+            for m in &regime.policy.marginals {
                 let period = b.within(m.cadence);
-                let last = *release::base_periods_in(period, p.granularity)
-                    .last()
-                    .unwrap_or(b);
+                let last = *release::base_periods_in(period, gran).last().unwrap_or(b);
                 if self.is_closed(last, today) {
                     due.insert((period.end(), m.cadence, period));
                 }
@@ -59,20 +63,53 @@ impl Service {
         }
         let mut out = Vec::new();
         for (_, cadence, period) in due {
-            let covers: Vec<Period> = release::base_periods_in(period, p.granularity)
+            let in_period: Vec<Period> = release::base_periods_in(period, gran)
                 .into_iter()
                 .filter(|b| *b >= epoch)
                 .collect();
             // Raw data already purged (after a refusal, say) cannot be released any more.
-            if covers
+            if in_period
                 .iter()
                 .any(|b| self.store.period_state(*b).ok().flatten() == Some(PeriodState::Purged))
             {
                 continue;
             }
-            for org in &p.orgs {
+            // Every organisation that collected in the period under some regime, each released
+            // under the regime of the last base period it collected in. Regimes change only
+            // where no release of a changed table straddles the change, so that regime's
+            // tables and domains are those of every covered period.
+            let mut orgs: Vec<&str> = Vec::new();
+            for b in &in_period {
+                if let Some(r) = self.regimes.at(*b) {
+                    for o in &r.policy.orgs {
+                        if !orgs.contains(&o.id.as_str()) {
+                            orgs.push(&o.id);
+                        }
+                    }
+                }
+            }
+            for org_id in orgs {
+                let covers: Vec<Period> = in_period
+                    .iter()
+                    .copied()
+                    .filter(|b| {
+                        self.regimes
+                            .at(*b)
+                            .is_some_and(|r| r.policy.org(org_id).is_some())
+                    })
+                    .collect();
+                let Some(policy) = covers
+                    .last()
+                    .and_then(|b| self.regimes.at(*b))
+                    .map(|r| &*r.policy)
+                else {
+                    continue;
+                };
+                let Some(org) = policy.org(org_id) else {
+                    continue;
+                };
                 let mut missing = Vec::new();
-                for m in p.marginals.iter().filter(|m| m.cadence == cadence) {
+                for m in policy.marginals.iter().filter(|m| m.cadence == cadence) {
                     if self
                         .store
                         .release(&release::release_id(period, &org.id, &m.id))?
@@ -83,9 +120,10 @@ impl Service {
                 }
                 if !missing.is_empty() {
                     out.push(Batch {
+                        policy,
                         org,
                         period,
-                        covers: covers.clone(),
+                        covers,
                         marginals: missing,
                     });
                 }
@@ -156,7 +194,10 @@ impl Service {
         &self,
         b: Period,
     ) -> Result<Vec<(String, bool)>, ServiceError> {
-        let p = &*self.policy;
+        let Some(regime) = self.regimes.at(b) else {
+            return Ok(Vec::new());
+        };
+        let p = &*regime.policy;
         let mut out = Vec::new();
         for m in &p.marginals {
             let period = b.within(m.cadence);
@@ -173,9 +214,10 @@ impl Service {
     }
 
     /// The last day base period `b`'s raw data is kept: the retention days after the last
-    /// release that counts it (the one with the longest cadence) could first be drawn.
+    /// release that counts it (the one with the longest cadence) could first be drawn, by the
+    /// policy `b` was collected under (a later edit can neither shorten nor extend it).
     pub(crate) fn purge_day(&self, b: Period) -> Date {
-        let p = &*self.policy;
+        let p = self.regimes.at(b).map_or(&*self.policy, |r| &*r.policy);
         let last_needed = p
             .marginals
             .iter()
@@ -191,7 +233,7 @@ impl Service {
 
     /// Draws one batch and writes it with its ledger entries, after the budget check.
     pub(crate) fn draw_and_commit(&self, batch: &Batch<'_>) -> Result<Vec<String>, ServiceError> {
-        let p = &*self.policy;
+        let p = batch.policy;
         let org = batch.org;
         let mut raw = Vec::new();
         let mut supporters = Vec::new();
@@ -204,17 +246,31 @@ impl Service {
             );
             supporters.extend(self.store.supporter_counts(*b, &org.id)?);
         }
+        // Releases of finer cadences inside this period: read by their periods' prefixes, not by
+        // scanning every release.
         let cover_set: BTreeSet<Period> = batch.covers.iter().copied().collect();
-        let finer: Vec<Release> = self
-            .store
-            .releases("")?
-            .into_iter()
-            .filter(|r| {
-                r.org == org.id
-                    && !r.covers.is_empty()
-                    && r.covers.iter().all(|c| cover_set.contains(c))
+        let cadence = batch.period.granularity();
+        let finer_periods: BTreeSet<Period> = batch
+            .covers
+            .iter()
+            .flat_map(|b| {
+                [Granularity::Week, Granularity::Month, Granularity::Quarter]
+                    .into_iter()
+                    .filter(move |g| *g >= b.granularity() && *g < cadence)
+                    .map(move |g| b.within(g))
             })
             .collect();
+        let mut finer: Vec<Release> = Vec::new();
+        for fp in finer_periods {
+            finer.extend(
+                self.store
+                    .releases(&format!("{fp}/{}/", org.id))?
+                    .into_iter()
+                    .filter(|r| {
+                        !r.covers.is_empty() && r.covers.iter().all(|c| cover_set.contains(c))
+                    }),
+            );
+        }
         // The budget is checked before any noise is drawn, with the spends OpenDP's map gives.
         let ledger = self.store.ledger()?;
         self.check_budget(&ledger, batch)?;
@@ -238,7 +294,7 @@ impl Service {
         &self,
         batch: &Batch<'_>,
     ) -> Result<Vec<LedgerEntry>, ServiceError> {
-        let p = &*self.policy;
+        let p = batch.policy;
         batch
             .marginals
             .iter()
@@ -268,7 +324,7 @@ impl Service {
         ledger: &[LedgerEntry],
         batch: &Batch<'_>,
     ) -> Result<(), ServiceError> {
-        let p = &*self.policy;
+        let p = batch.policy;
         let planned = self.planned_entries(batch)?;
         let ledger: Vec<&LedgerEntry> = ledger.iter().filter(|e| e.org == batch.org.id).collect();
         let add: f64 = planned.iter().map(|e| e.spend).sum();
@@ -281,23 +337,36 @@ impl Service {
             release: first.clone(),
             detail,
         };
+        // One measure per ledger: epsilon and rho are never added up (a change of mechanism is
+        // refused at start; this guards data directories written otherwise).
+        if let Some(e) = ledger.iter().find(|e| e.measure != measure) {
+            return Err(refuse(format!(
+                "the ledger holds {} spent in {}, which cannot be added to {measure}",
+                e.release, e.measure
+            )));
+        }
         if p.privacy.unit == PrivacyUnit::Contact {
-            let spent = batch
-                .covers
-                .iter()
-                .map(|b| {
-                    ledger
-                        .iter()
-                        .filter(|e| e.covers.contains(b))
-                        .map(|e| e.spend)
-                        .sum::<f64>()
-                })
-                .fold(0.0, f64::max);
-            if spent + add > p.privacy.budget * (1.0 + 1e-9) {
-                return Err(refuse(format!(
-                    "it would spend {measure} {add:.3} on a period that has {spent:.3} spent already, over the budget of {}",
-                    p.privacy.budget
-                )));
+            // Each covered period against the budget of the policy it was collected under (or
+            // the file's, if that is stricter: a lower budget applies at once, a higher one
+            // only to periods collected under it), summing every release that covers it,
+            // whatever table it belongs to.
+            for b in &batch.covers {
+                let budget = self
+                    .regimes
+                    .at(*b)
+                    .map_or(p.privacy.budget, |r| r.policy.privacy.budget)
+                    .min(p.privacy.budget)
+                    .min(self.policy.privacy.budget);
+                let spent: f64 = ledger
+                    .iter()
+                    .filter(|e| e.covers.contains(b))
+                    .map(|e| e.spend)
+                    .sum();
+                if spent + add > budget * (1.0 + 1e-9) {
+                    return Err(refuse(format!(
+                        "it would spend {measure} {add:.3} on {b}, which has {spent:.3} spent already, over the budget of {budget}"
+                    )));
+                }
             }
         }
         let span = |covers: &[Period]| -> Option<(Date, Date)> {
@@ -324,10 +393,17 @@ impl Service {
                 .filter(|e| span(&e.covers).is_some_and(|sp| overlaps(a, sp)))
                 .map(|e| e.spend)
                 .sum();
-            if spent + add > p.privacy.rolling_year_cap * (1.0 + 1e-9) {
+            // A window that reaches into periods of several policies is held to the smallest
+            // cap among them (and the file's, if stricter), so no edit raises what earlier data
+            // is exposed to.
+            let cap = self
+                .regimes
+                .min_rolling_year_cap(a, a + year)
+                .min(p.privacy.rolling_year_cap)
+                .min(self.policy.privacy.rolling_year_cap);
+            if spent + add > cap * (1.0 + 1e-9) {
                 return Err(refuse(format!(
-                    "it would spend {measure} {add:.3} on top of {spent:.3} spent on the 365 days from {a}, over the rolling-year cap of {}",
-                    p.privacy.rolling_year_cap
+                    "it would spend {measure} {add:.3} on top of {spent:.3} spent on the 365 days from {a}, over the rolling-year cap of {cap}"
                 )));
             }
         }
@@ -344,10 +420,10 @@ impl Service {
     ) -> Result<(PeriodState, Vec<Release>), ServiceError> {
         require(who, &[Role::Admin], "an admin token")?;
         let period: Period = text.parse().map_err(ServiceError::InvalidPeriod)?;
-        if period.granularity() != self.policy.granularity {
+        if period.granularity() != self.regimes.granularity() {
             return Err(ServiceError::InvalidPeriod(format!(
                 "`{text}` is not a {} of this scheme",
-                self.policy.granularity.as_str()
+                self.regimes.granularity().as_str()
             )));
         }
         if period < self.epoch()? {
@@ -398,7 +474,8 @@ impl Service {
     pub(crate) fn dry_run(&self, period: Period) -> Result<(), ServiceError> {
         let mut ledger = self.store.ledger()?;
         for batch in self.due_batches()? {
-            let ends_here = release::base_periods_in(batch.period, self.policy.granularity).last()
+            let ends_here = release::base_periods_in(batch.period, self.regimes.granularity())
+                .last()
                 == Some(&period);
             match self.check_budget(&ledger, &batch) {
                 Ok(()) => ledger.extend(self.planned_entries(&batch)?),

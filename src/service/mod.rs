@@ -18,8 +18,10 @@ mod reads;
 mod ticks;
 mod tokens;
 
+use crate::regime::{self, Decision, Plan, Regimes};
+use crate::store;
 pub use lifecycle::LifecycleReport;
-use periods::EPOCH_KEY;
+use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;
 pub use reads::{ReleaseFilter, canonical_json, verify_export};
 pub use ticks::{TickAccepted, TickRequest};
@@ -111,6 +113,12 @@ pub enum ServiceError {
     /// OpenDP failed.
     #[error(transparent)]
     Dp(#[from] DpError),
+    /// The policy file changes something the data directory cannot take (refused at start).
+    #[error(transparent)]
+    PolicyChange(#[from] crate::regime::Refused),
+    /// The stored regime list cannot be read.
+    #[error(transparent)]
+    Regime(#[from] crate::regime::RegimeError),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -133,7 +141,13 @@ pub struct Principal {
 /// The use cases over one data directory and policy.
 #[derive(Clone)]
 pub struct Service {
+    /// The policy file as read at start: what is shown to people (labels, names, headcounts,
+    /// thresholds). What data is collected, released and purged under comes from `regimes`.
     policy: Arc<Policy>,
+    /// The policy each base period was (or will be) collected under.
+    regimes: Arc<Regimes>,
+    /// What the policy file did to the regimes at this start, in words.
+    policy_change: Arc<String>,
     store: Store,
     clock: Arc<dyn Clock>,
     server_key: ServerKey,
@@ -164,14 +178,14 @@ impl Service {
                 .map_err(|e| StoreError::Secret(e.to_string()))
         })?;
         let signing = Arc::new(SigningKey::from_pkcs8(&pkcs8)?);
-        if store.meta_text(EPOCH_KEY)?.is_none() {
-            store.set_meta_text(
-                EPOCH_KEY,
-                &Period::containing(policy.granularity, clock.today()).to_string(),
-            )?;
+        let plan = Self::plan_policy(dir, &store, &policy, clock.today())?;
+        if !matches!(plan.decision, Decision::Unchanged) {
+            store::write_regimes(dir, &plan.regimes.to_bytes())?;
         }
         let service = Service {
             policy: Arc::new(policy),
+            regimes: Arc::new(plan.regimes.clone()),
+            policy_change: Arc::new(plan.describe()),
             store,
             clock,
             server_key,
@@ -200,6 +214,73 @@ impl Service {
             created = Some(token);
         }
         Ok((service, created))
+    }
+
+    /// What `policy` would do to the regimes of data directory `dir` (opened as `store`, if
+    /// open) today: refused, unchanged, amended or scheduled. Writes nothing.
+    pub fn plan_policy(
+        dir: &Path,
+        store: &Store,
+        policy: &Policy,
+        today: Date,
+    ) -> Result<Plan, ServiceError> {
+        let current = Period::containing(policy.granularity, today);
+        let stored = match store::read_regimes(dir)? {
+            Some(bytes) => Some(Regimes::from_bytes(&bytes)?),
+            // A data directory from before regimes were kept: its epoch, under this policy.
+            None => store
+                .meta_text(LEGACY_EPOCH_KEY)?
+                .and_then(|t| t.parse::<Period>().ok())
+                .map(|from| Regimes::single(from, policy.clone(), &policy.text)),
+        };
+        Ok(regime::plan(
+            stored.as_ref(),
+            policy,
+            &policy.text,
+            current,
+        )?)
+    }
+
+    /// What the policy file did at this start, in words (for the start message).
+    pub fn policy_change(&self) -> &str {
+        &self.policy_change
+    }
+
+    /// The regimes: which policy each base period is collected under.
+    pub fn regimes(&self) -> &Regimes {
+        &self.regimes
+    }
+
+    /// The policy base period `b` is (or will be) collected under; `None` before the epoch.
+    pub fn policy_at(&self, b: Period) -> Option<&Policy> {
+        self.regimes.at(b).map(|r| &*r.policy)
+    }
+
+    /// The policy the current period is collected under: the taxonomy a tick must use now.
+    pub fn current_policy(&self) -> &Policy {
+        let current = Period::containing(self.regimes.granularity(), self.clock.today());
+        self.policy_at(current).unwrap_or(&self.policy)
+    }
+
+    /// Whether any policy this data directory was collected under, or the file, has
+    /// organisation `id` (its releases stay readable after it leaves the file).
+    pub fn knows_org(&self, id: &str) -> bool {
+        self.policy.org(id).is_some()
+            || self
+                .regimes
+                .all()
+                .iter()
+                .any(|r| r.policy.org(id).is_some())
+    }
+
+    /// Whether any policy of this data directory, or the file, releases table `id`.
+    pub fn knows_marginal(&self, id: &str) -> bool {
+        self.policy.marginal(id).is_some()
+            || self
+                .regimes
+                .all()
+                .iter()
+                .any(|r| r.policy.marginal(id).is_some())
     }
 
     /// Replaces the noise source (tests use [`crate::dp::ZeroNoise`] to check exactly).

@@ -17,8 +17,9 @@ pub struct PeriodInfo {
     pub accepts_ticks_until: Date,
 }
 
-/// The meta key of the first base period the service collected.
-pub(crate) const EPOCH_KEY: &str = "first_period";
+/// The meta key where data directories from before regimes were kept recorded their first
+/// base period; read once to adopt such a directory.
+pub(crate) const LEGACY_EPOCH_KEY: &str = "first_period";
 
 impl Service {
     /// The last day a period accepts ticks.
@@ -79,24 +80,12 @@ impl Service {
 
     /// The first base period the service collected.
     pub fn epoch(&self) -> Result<Period, ServiceError> {
-        let today = Period::containing(self.policy.granularity, self.clock.today());
-        Ok(self
-            .store
-            .meta_text(EPOCH_KEY)?
-            .and_then(|t| t.parse::<Period>().ok())
-            .filter(|p| p.granularity() == self.policy.granularity)
-            .unwrap_or(today))
-    }
-
-    /// Sets the first base period (the demo starts its simulated history there).
-    pub fn set_epoch(&self, period: Period) -> Result<(), ServiceError> {
-        self.store.set_meta_text(EPOCH_KEY, &period.to_string())?;
-        Ok(())
+        Ok(self.regimes.epoch())
     }
 
     /// Base periods from the epoch up to the current one, oldest first.
     pub fn base_periods(&self) -> Result<Vec<Period>, ServiceError> {
-        let current = Period::containing(self.policy.granularity, self.clock.today());
+        let current = Period::containing(self.regimes.granularity(), self.clock.today());
         let mut p = self.epoch()?;
         let mut out = Vec::new();
         while p <= current {

@@ -35,7 +35,7 @@ impl Service {
             ],
             "an admin, researcher, coordinator or leader token",
         )?;
-        if let Some(org) = requested.filter(|o| self.policy.org(o).is_none()) {
+        if let Some(org) = requested.filter(|o| !self.knows_org(o)) {
             return Err(ServiceError::UnknownFilter {
                 field: "org",
                 value: org.to_string(),
@@ -64,7 +64,7 @@ impl Service {
         if let Some(m) = filter
             .marginal
             .as_deref()
-            .filter(|m| self.policy.marginal(m).is_none())
+            .filter(|m| !self.knows_marginal(m))
         {
             return Err(ServiceError::UnknownFilter {
                 field: "marginal",

@@ -87,10 +87,38 @@ impl Service {
     /// want to hear about problems: who, where, what, how many, when.
     pub fn check_tick(&self, who: &Principal, req: TickRequest) -> Result<TickWrite, ServiceError> {
         require(who, &[Role::Supporter], "a supporter token")?;
-        let org = self
-            .policy
-            .org(&req.org)
-            .ok_or_else(|| ServiceError::UnknownOrg(req.org.clone()))?;
+        let gran = self.regimes.granularity();
+        let today = self.clock.today();
+        // The tick is checked against the policy of the period it is counted in; a period that
+        // cannot be read is reported after the fields before it, against today's policy.
+        let period = match &req.period {
+            None => Ok(Period::containing(gran, today)),
+            Some(text) => match text.parse::<Period>() {
+                Ok(p) if p.granularity() == gran => Ok(p),
+                Ok(p) => Err(ServiceError::InvalidPeriod(format!(
+                    "`{text}` is a {}, but this scheme counts by {}",
+                    p.granularity().as_str(),
+                    gran.as_str()
+                ))),
+                Err(e) => Err(ServiceError::InvalidPeriod(e)),
+            },
+        };
+        let policy = period
+            .as_ref()
+            .ok()
+            .and_then(|p| self.policy_at(*p))
+            .unwrap_or_else(|| self.current_policy());
+        let Some(org) = policy.org(&req.org) else {
+            // Known to another period's policy: the period is the problem, not the name.
+            if let Some(from) = self.org_collects(&req.org) {
+                let period = period?;
+                return Err(ServiceError::PeriodNotOpen {
+                    period,
+                    why: format!("organisation `{}` {from}", req.org),
+                });
+            }
+            return Err(ServiceError::UnknownOrg(req.org));
+        };
         if who.org.as_deref() != Some(org.id.as_str()) {
             return Err(ServiceError::WrongOrg(req.org));
         }
@@ -100,31 +128,27 @@ impl Service {
                 unit: req.unit,
             });
         }
-        self.policy.check_tags(&req.tags)?;
+        policy.check_tags(&req.tags)?;
         let max = self.policy.max_count_per_request;
         let count = match req.count {
             None => 1,
             Some(n) if n >= 1 && n <= i64::from(max) => n as u32,
             Some(n) => return Err(ServiceError::InvalidCount { given: n, max }),
         };
-        let today = self.clock.today();
-        let period = match &req.period {
-            None => Period::containing(self.policy.granularity, today),
-            Some(text) => {
-                let p: Period = text.parse().map_err(ServiceError::InvalidPeriod)?;
-                if p.granularity() != self.policy.granularity {
-                    return Err(ServiceError::InvalidPeriod(format!(
-                        "`{text}` is a {}, but this scheme counts by {}",
-                        p.granularity().as_str(),
-                        self.policy.granularity.as_str()
-                    )));
-                }
-                p
-            }
-        };
+        let period = period?;
+        if period < self.regimes.epoch() {
+            return Err(ServiceError::PeriodNotOpen {
+                period,
+                why: format!(
+                    "it is before {}, the first period this service collected",
+                    self.regimes.epoch()
+                ),
+            });
+        }
         if let Some(why) = self.not_open_reason(period, today) {
             return Err(ServiceError::PeriodNotOpen { period, why });
         }
+        let cap = policy.max_ticks_per_supporter_period;
         let secret = self.store.period_secret(period, fresh_secret)?;
         let pseudonym = PeriodSecret::from_bytes(&secret)?.pseudonym(&who.token_id);
         Ok(TickWrite {
@@ -137,7 +161,25 @@ impl Service {
             },
             pseudonym,
             count,
-            cap: self.policy.max_ticks_per_supporter_period,
+            cap,
+        })
+    }
+
+    /// When organisation `id`, unknown to some period's policy, collects, in words: `None` if
+    /// no regime knows it.
+    fn org_collects(&self, id: &str) -> Option<String> {
+        let all = self.regimes.all();
+        let with: Vec<usize> = (0..all.len())
+            .filter(|&i| all[i].policy.org(id).is_some())
+            .collect();
+        let (first, last) = (*with.first()?, *with.last()?);
+        Some(match all.get(last + 1) {
+            Some(next) => format!(
+                "collects from {} until {} only",
+                all[first].from,
+                next.from.prev()
+            ),
+            None => format!("collects from {} on", all[first].from),
         })
     }
 }

@@ -3,6 +3,7 @@
 mod crash;
 mod demo;
 mod helpers;
+mod policy_edits;
 mod releases;
 mod scan;
 mod serve;
