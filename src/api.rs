@@ -32,6 +32,9 @@ pub struct ApiError {
     message: String,
 }
 
+/// Seconds a client is asked to wait after a 503 before it tries again.
+const RETRY_AFTER_SECONDS: &str = "30";
+
 impl ApiError {
     /// An error with the given parts.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -100,6 +103,18 @@ impl From<ServiceError> for ApiError {
             BudgetExceeded { .. } => (StatusCode::CONFLICT, "budget_exceeded"),
             UnknownFilter { field: "org", .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_org"),
             UnknownFilter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_marginal"),
+            // The store logs a change of its write health once; nothing is logged per request
+            // here, so no log line tells when a tick was attempted.
+            NotStored {
+                detail: crate::store::StoreError::Full { .. },
+                ..
+            }
+            | Store(crate::store::StoreError::Full { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_full")
+            }
+            NotStored { .. } | Store(crate::store::StoreError::WriteFailed(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+            }
             Store(_) | Auth(_) | Dp(_) | PolicyChange(_) | Regime(_) => {
                 // The detail may name internals; it goes to the operator's log, not the client.
                 tracing::error!(error = %e, "internal error");
@@ -113,6 +128,14 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            return (
+                self.status,
+                [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+                body,
+            )
+                .into_response();
+        }
         (self.status, body).into_response()
     }
 }
@@ -248,9 +271,29 @@ impl FromRequestParts<Service> for Principal {
     }
 }
 
-/// `GET /healthz`: liveness.
+/// `GET /healthz`: liveness (the process answers); says nothing of the store.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: readiness: 503 while the store cannot write (a full disk, which heals by
+/// itself when space returns, or a failed write, which needs a restart). Reads of releases
+/// keep working meanwhile.
+pub async fn readyz(State(svc): State<Service>) -> Response {
+    use crate::store::Writable;
+    match svc.store().writable() {
+        Writable::Yes => Json(json!({"status": "ready"})).into_response(),
+        Writable::DiskFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "disk_full", "message": "the disk holding the data directory is full; writes resume by themselves when space returns"})),
+        )
+            .into_response(),
+        Writable::Failed(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "write_failed", "message": "a write to the data directory failed; restart the service (the log says why)"})),
+        )
+            .into_response(),
+    }
 }
 
 /// Query of `GET /api/v1/policy`.
@@ -335,13 +378,35 @@ pub async fn get_policy(
 }
 
 /// `POST /api/v1/ticks`: a supporter logs contacts. Answers 201 only once the tick is on disk.
+/// With an `Idempotency-Key` header, a resend of the same contact is counted once and answered
+/// as the first time (with `Idempotent-Replayed: true`).
 pub async fn post_tick(
     State(svc): State<Service>,
     who: Principal,
+    headers: axum::http::HeaderMap,
     AppJson(req): AppJson<TickRequest>,
 ) -> Result<Response, ApiError> {
-    let accepted = svc.log_tick(&who, req).await?;
-    Ok((StatusCode::CREATED, Json(accepted)).into_response())
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_idempotency_key",
+                "Idempotency-Key: the header must be 1 to 255 visible ASCII characters, such as a UUID",
+            )
+        })?),
+    };
+    let accepted = svc.log_tick_once(&who, req, key).await?;
+    let replayed = if accepted.replayed { "true" } else { "false" };
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::HeaderName::from_static("idempotent-replayed"),
+            replayed,
+        )],
+        Json(accepted),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/tokens`: create a token (shown once).

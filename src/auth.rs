@@ -134,6 +134,17 @@ impl PeriodSecret {
     }
 }
 
+impl PeriodSecret {
+    /// The keyed hash under which a supporter's idempotency key is kept in this period.
+    pub fn idempotency(&self, token_id: &str, key: &str) -> [u8; 32] {
+        let message = format!("idempotency\0{token_id}\0{key}");
+        let tag = hmac::sign(&self.0, message.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
 impl fmt::Debug for PeriodSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PeriodSecret(<redacted>)")

@@ -20,6 +20,7 @@
 //! | [`service`] | use cases: authenticate, log tick, tokens, periods | axum |
 //! | [`api`] | JSON handlers, extractors, the one error-to-HTTP mapping | sled, opendp, ring |
 //! | [`logging`] | the log filter: the operator's verbosity reaches this crate only | everything else |
+//! | [`fault`] | named fault-injection points for the crash tests (inactive unless a test sets them) | everything else |
 //! | [`server`] | router, `run` over a bound listener, shutdown | sled, opendp, ring |
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod demo;
 pub mod domain;
 pub mod dp;
+pub mod fault;
 pub mod logging;
 pub mod plan;
 pub mod policy;

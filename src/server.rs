@@ -19,6 +19,7 @@ use crate::service::Service;
 pub fn app(svc: Service) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
         .route("/api/v1/policy", get(api::get_policy))
         .route("/api/v1/ticks", post(api::post_tick))
         .route("/api/v1/tokens", post(api::post_token).get(api::get_tokens))

@@ -20,6 +20,25 @@
 //! | `db` `token_ids` | token id | the token's HMAC (32 bytes) |
 //! | `db` `releases` | release id `PERIOD/ORG/MARGINAL` | the release, JSON (noisy values only) |
 //! | `db` `ledger` | release id | the privacy spend of that release, JSON |
+//! | `db` `staged` | release id | a release written with its ledger entry, durable, not yet readable |
+//! | `raw/P` `idem` | HMAC of token id and `Idempotency-Key` under the period secret | contacts the request logged, u32 |
+//! | `regimes.json` (a file) | | the policy texts and the first period each governs (see `regime`) |
+//!
+//! # Releases are durable before they are readable
+//!
+//! A batch of releases is written with its ledger entries to `staged` in one transaction and
+//! synced; only then is it moved to `releases` (and synced again). A crash before the first sync
+//! loses a draw nobody saw; a crash after it finds the batch in `staged` at the next open and
+//! publishes exactly those bytes. So what a reader was ever served is what is stored, and each
+//! release is drawn once.
+//!
+//! # A full disk
+//!
+//! Before each write the store checks the free space of the data directory's file system and
+//! refuses the write ([`StoreError::Full`]) when less than [`RESERVE_BYTES`] is free, so sled
+//! never meets a full disk mid-write (after which it refuses every write until reopened). Reads
+//! go on; the first write after space returns succeeds, and [`Store::writable`] says which state
+//! the store is in, for `/readyz`.
 //!
 //! # Durability
 //!
@@ -61,6 +80,19 @@ pub enum StoreError {
     /// A fresh secret could not be drawn.
     #[error("could not draw a secret: {0}")]
     Secret(String),
+    /// The disk holding the data directory has less free space than the store keeps in
+    /// reserve; nothing was written.
+    #[error(
+        "the disk holding the data directory is full ({available_mib} MiB free, {reserve_mib} MiB kept in reserve); nothing was written"
+    )]
+    Full {
+        available_mib: u64,
+        reserve_mib: u64,
+    },
+    /// A write reached the disk and failed there (an I/O error, not a full disk); what was
+    /// written since the last durable point may or may not be on disk.
+    #[error("the data directory could not be written: {0}")]
+    WriteFailed(String),
     /// The flush thread is gone (the store is shutting down).
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -120,6 +152,7 @@ struct PeriodDb {
     handle: Handle,
     cells: sled::Tree,
     load: sled::Tree,
+    idem: sled::Tree,
 }
 
 /// Cache of each period database; raw data is small (a few thousand cells a period).
@@ -136,9 +169,39 @@ pub struct Store {
     token_ids: sled::Tree,
     releases: sled::Tree,
     ledger: sled::Tree,
+    /// Batches of releases written durably but not yet readable.
+    staged: sled::Tree,
     /// Open period databases; a period's is opened on first use and closed when purged.
     raw: Arc<Mutex<BTreeMap<Period, PeriodDb>>>,
     flusher: mpsc::Sender<Waiter>,
+    /// Whether writes are possible: `Full` while the disk is short of the reserve; `Failed` after
+    /// an I/O error, which sled does not recover from without a restart.
+    health: Arc<Health>,
+}
+
+/// Free bytes the store keeps in reserve on the data directory's file system: below it, writes
+/// are refused before they start. 32 MiB is many times what any single write needs (sled's log
+/// grows by segments of 512 KiB) and little for a server's disk.
+pub const RESERVE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The write health of a store, shared by its clones.
+#[derive(Debug, Default)]
+struct Health {
+    /// The disk was short of the reserve at the last check.
+    full: std::sync::atomic::AtomicBool,
+    /// A write failed with an I/O error; sled refuses writes from then on.
+    failed: Mutex<Option<String>>,
+}
+
+/// Whether the store can write, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writable {
+    /// Writes go through.
+    Yes,
+    /// The disk is full; writes are refused until space returns (no restart needed).
+    DiskFull,
+    /// A write failed; writes are refused until the service is restarted.
+    Failed(String),
 }
 
 /// One tick's write, prepared by the service.
@@ -154,6 +217,18 @@ pub struct TickWrite {
     pub count: u32,
     /// The per-supporter cap for the period.
     pub cap: u32,
+    /// The keyed hash of the supporter's `Idempotency-Key`, if the request had one.
+    pub idempotency: Option<[u8; 32]>,
+}
+
+/// What applying a tick did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickApplied {
+    /// The contacts were counted now.
+    Counted,
+    /// A request with the same idempotency key was counted before, with this many contacts;
+    /// nothing changed.
+    Replayed(u32),
 }
 
 impl Store {
@@ -190,11 +265,17 @@ impl Store {
             token_ids: db.open_tree("token_ids")?,
             releases: db.open_tree("releases")?,
             ledger: db.open_tree("ledger")?,
+            staged: db.open_tree("staged")?,
             main: main.clone(),
             raw: Arc::new(Mutex::new(BTreeMap::new())),
             flusher: tx,
+            health: Arc::new(Health::default()),
         };
-        store.meta.insert("schema", "2")?;
+        if store.meta.get("schema")?.as_deref() != Some(b"3") {
+            store.meta.insert("schema", "3")?;
+        }
+        // A batch staged before a crash is published now, exactly as it was drawn.
+        store.publish_staged()?;
         Ok(store)
     }
 
@@ -216,6 +297,7 @@ impl Store {
         let db = PeriodDb {
             cells: handle.db.open_tree("cells")?,
             load: handle.db.open_tree("load")?,
+            idem: handle.db.open_tree("idem")?,
             handle,
         };
         open.insert(period, db.clone());
@@ -247,7 +329,60 @@ impl Store {
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await
             .map_err(|_| StoreError::ShuttingDown)?
-            .map_err(|e| StoreError::Corrupt(format!("flush failed: {e}")))
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Records a failed write (sled refuses writes after one until reopened) and returns it.
+    fn failed(&self, detail: String) -> StoreError {
+        let mut f = self.health.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(error = %detail, "a write to the data directory failed; writes are refused until the service is restarted");
+            *f = Some(detail.clone());
+        }
+        StoreError::WriteFailed(detail)
+    }
+
+    /// Refuses a write before it starts if the store cannot take it: a failed store, or a disk
+    /// with less than [`RESERVE_BYTES`] free. Logs each change of state once, never per request.
+    pub fn guard(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if let Some(e) = self
+            .health
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(StoreError::WriteFailed(e));
+        }
+        let available = fs2::available_space(&self.raw_dir)?;
+        let full = available < RESERVE_BYTES;
+        let was = self.health.full.swap(full, Ordering::SeqCst);
+        if full {
+            if !was {
+                tracing::warn!(
+                    available_mib = available / (1024 * 1024),
+                    "the disk holding the data directory is full; writes answer 503 until space returns"
+                );
+            }
+            return Err(StoreError::Full {
+                available_mib: available / (1024 * 1024),
+                reserve_mib: RESERVE_BYTES / (1024 * 1024),
+            });
+        }
+        if was {
+            tracing::info!("the disk holding the data directory has room again; writes resume");
+        }
+        Ok(())
+    }
+
+    /// Whether the store can write now (checks the disk).
+    pub fn writable(&self) -> Writable {
+        match self.guard() {
+            Ok(()) => Writable::Yes,
+            Err(StoreError::Full { .. }) => Writable::DiskFull,
+            Err(e) => Writable::Failed(e.to_string()),
+        }
     }
 
     /// Syncs the main database (tokens, states, releases) synchronously.
@@ -298,20 +433,27 @@ impl Store {
         get_or_create(&db.handle.db, "secret", make).map(|(v, _)| v)
     }
 
-    /// Applies a tick atomically: refuses it if the period is closed or the supporter would
-    /// pass the cap, else increments the cell and the supporter's counter. Returns the
-    /// supporter's contacts in the period after the tick. Not yet durable: await
-    /// [`Store::durable_period`] before acknowledging.
-    pub fn apply_tick(&self, w: &TickWrite) -> Result<u32, StoreError> {
+    /// Applies a tick atomically: answers a replay if its idempotency key was counted before,
+    /// refuses it if the period is closed or the supporter would pass the cap, else increments
+    /// the cell and the supporter's counter and records the key. Not yet durable: await
+    /// [`Store::durable_period`] before acknowledging, and call [`Store::undo_tick`] if that
+    /// fails.
+    pub fn apply_tick(&self, w: &TickWrite) -> Result<TickApplied, StoreError> {
+        self.guard()?;
         let db = self
             .period_db(w.period, true)?
             .ok_or_else(|| StoreError::Corrupt(format!("no raw database for {}", w.period)))?;
-        let (cells, load) = (&db.cells, &db.load);
+        let (cells, load, idem) = (&db.cells, &db.load, &db.idem);
         let flags: &sled::Tree = &db.handle.db;
         let cell_key = encode_cell(&w.cell);
         let load_key = load_key(w.period, &w.cell.org, &w.pseudonym);
-        (cells, load, flags)
-            .transaction(|(cells, load, flags)| {
+        (cells, load, idem, flags)
+            .transaction(|(cells, load, idem, flags)| {
+                if let Some(key) = &w.idempotency {
+                    if let Some(first) = idem.get(key)? {
+                        return Ok(TickApplied::Replayed(be_u32(&first)));
+                    }
+                }
                 if flags.get(b"closed")?.is_some() {
                     return Err(ConflictableTransactionError::Abort(
                         StoreError::PeriodNotOpen(PeriodState::Closed),
@@ -329,9 +471,40 @@ impl Store {
                     cell_key.as_slice(),
                     &(cell + u64::from(w.count)).to_be_bytes(),
                 )?;
-                let now = used + w.count;
-                load.insert(load_key.as_slice(), &now.to_be_bytes())?;
-                Ok(now)
+                load.insert(load_key.as_slice(), &(used + w.count).to_be_bytes())?;
+                if let Some(key) = &w.idempotency {
+                    idem.insert(&key[..], &w.count.to_be_bytes())?;
+                }
+                Ok(TickApplied::Counted)
+            })
+            .map_err(tx_err)
+    }
+
+    /// Takes back a tick that [`Store::apply_tick`] counted but that could not be made durable,
+    /// so that an error answer means "not counted" once the store writes again.
+    pub fn undo_tick(&self, w: &TickWrite) -> Result<(), StoreError> {
+        let Some(db) = self.period_db(w.period, false)? else {
+            return Ok(());
+        };
+        let (cells, load, idem) = (&db.cells, &db.load, &db.idem);
+        let cell_key = encode_cell(&w.cell);
+        let load_key = load_key(w.period, &w.cell.org, &w.pseudonym);
+        (cells, load, idem)
+            .transaction(|(cells, load, idem)| {
+                let cell = cells.get(&cell_key)?.map(|v| be_u64(&v)).unwrap_or(0);
+                match cell.saturating_sub(u64::from(w.count)) {
+                    0 => cells.remove(cell_key.as_slice())?,
+                    n => cells.insert(cell_key.as_slice(), &n.to_be_bytes())?,
+                };
+                let used = load.get(&load_key)?.map(|v| be_u32(&v)).unwrap_or(0);
+                match used.saturating_sub(w.count) {
+                    0 => load.remove(load_key.as_slice())?,
+                    n => load.insert(load_key.as_slice(), &n.to_be_bytes())?,
+                };
+                if let Some(key) = &w.idempotency {
+                    idem.remove(&key[..])?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_err)
     }
@@ -417,6 +590,7 @@ impl Store {
     /// Records a state for `period`. Closing also sets the flag in its raw database, inside
     /// which ticks check it, so no tick lands after the close.
     pub fn set_period_state(&self, period: Period, state: PeriodState) -> Result<(), StoreError> {
+        self.guard()?;
         // Created if need be, so that a tick that passed the clock check just before the close
         // still meets the flag inside its transaction.
         if let Some(db) = self
@@ -432,6 +606,7 @@ impl Store {
 
     /// Stores a new token record under its hash.
     pub fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
+        self.guard()?;
         let json = encode(record)?;
         (&self.tokens, &self.token_ids)
             .transaction(|(tokens, ids)| {
@@ -473,6 +648,7 @@ impl Store {
 
     /// Deletes the token with public id `id`; returns whether it existed.
     pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        self.guard()?;
         (&self.tokens, &self.token_ids)
             .transaction(|(tokens, ids)| {
                 let Some(hash) = ids.remove(id.as_bytes())? else {
@@ -484,28 +660,60 @@ impl Store {
             .map_err(tx_err)
     }
 
-    /// Writes releases and their ledger entries in one transaction, refusing the whole batch
-    /// if any of its releases exists already; then flushes. Releases are never overwritten.
+    /// Writes releases and their ledger entries, refusing the whole batch if any of its
+    /// releases exists already (releases are never overwritten): first to `staged` with the
+    /// ledger entries in one transaction, synced; then published to `releases`, synced. Nobody
+    /// can read a release before it is on disk.
     pub fn commit_releases(&self, batch: &[(Release, LedgerEntry)]) -> Result<(), StoreError> {
+        self.guard()?;
         let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = batch
             .iter()
             .map(|(r, l)| Ok((r.id.clone(), encode(r)?, encode(l)?)))
             .collect::<Result<_, StoreError>>()?;
-        (&self.releases, &self.ledger)
-            .transaction(|(releases, ledger)| {
+        (&self.releases, &self.staged, &self.ledger)
+            .transaction(|(releases, staged, ledger)| {
                 for (id, r, l) in &encoded {
-                    if releases.get(id.as_bytes())?.is_some() {
+                    if releases.get(id.as_bytes())?.is_some()
+                        || staged.get(id.as_bytes())?.is_some()
+                    {
                         return Err(ConflictableTransactionError::Abort(
                             StoreError::AlreadyReleased(id.clone()),
                         ));
                     }
-                    releases.insert(id.as_bytes(), r.as_slice())?;
+                    staged.insert(id.as_bytes(), r.as_slice())?;
                     ledger.insert(id.as_bytes(), l.as_slice())?;
                 }
                 Ok(())
             })
             .map_err(tx_err)?;
-        self.main.sync()?;
+        self.main.sync().map_err(|e| self.failed(e.to_string()))?;
+        crate::fault::point("release:staged");
+        self.publish_staged()?;
+        crate::fault::point("release:published");
+        Ok(())
+    }
+
+    /// Moves every staged release to `releases` in one transaction and syncs: what was staged is
+    /// on disk already, so readers see only durable releases, with the bytes that were drawn.
+    fn publish_staged(&self) -> Result<(), StoreError> {
+        // Transactional trees cannot be iterated (and reading a tree inside a transaction on
+        // it would wait on the transaction), so the ids are read first; nothing else stages
+        // meanwhile (the lifecycle job holds the release lock).
+        let ids: Vec<sled::IVec> = self.staged.iter().keys().collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        (&self.releases, &self.staged)
+            .transaction(|(releases, staged)| {
+                for id in &ids {
+                    if let Some(r) = staged.remove(id)? {
+                        releases.insert(id, r)?;
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_err)?;
+        self.main.sync().map_err(|e| self.failed(e.to_string()))?;
         Ok(())
     }
 
@@ -550,7 +758,9 @@ impl Store {
         let path = self.raw_path(period);
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
+            File::open(&self.raw_dir)?.sync_all()?;
         }
+        crate::fault::point("purge:deleted");
         self.periods
             .insert(period.to_string(), PeriodState::Purged.as_str())?;
         self.main.sync()?;
@@ -567,6 +777,7 @@ impl Store {
 
     /// Sets a small text value in `meta`.
     pub fn set_meta_text(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.guard()?;
         self.meta.insert(name, value.as_bytes())?;
         self.main.sync()?;
         Ok(())
@@ -728,6 +939,7 @@ mod tests {
             pseudonym: [1; 32],
             count: 1,
             cap: 5,
+            idempotency: None,
         };
         assert!(matches!(
             store.apply_tick(&w),
@@ -737,6 +949,32 @@ mod tests {
         // A purged period's write is never acknowledged.
         store.purge(period).unwrap();
         assert!(store.durable_period(period).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_undone_tick_leaves_no_trace_and_its_key_can_be_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let w = TickWrite {
+            period: "2026-11".parse().unwrap(),
+            cell: cell("2026-11"),
+            pseudonym: [3; 32],
+            count: 2,
+            cap: 5,
+            idempotency: Some([4; 32]),
+        };
+        let before = store.raw_snapshot().unwrap();
+        assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
+        store.undo_tick(&w).unwrap();
+        let after: Vec<_> = store
+            .raw_snapshot()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with(b"secret"))
+            .collect();
+        let before: Vec<_> = before.into_iter().collect();
+        assert_eq!(after, before);
+        assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
     }
 
     #[test]
@@ -756,8 +994,15 @@ mod tests {
             pseudonym: [7; 32],
             count: 3,
             cap: 5,
+            idempotency: Some([9; 32]),
         };
-        assert_eq!(store.apply_tick(&w).unwrap(), 3);
+        assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
+        // The same key again: answered as the first time, nothing changes.
+        assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Replayed(3));
+        let w = TickWrite {
+            idempotency: None,
+            ..w
+        };
         store.durable_period(w.period).await.unwrap();
         assert!(matches!(
             store.apply_tick(&w),

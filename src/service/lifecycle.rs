@@ -150,6 +150,7 @@ impl Service {
                 self.store.set_period_state(b, PeriodState::Closed)?;
             }
         }
+        crate::fault::point("lifecycle:closed");
         for batch in self.due_batches()? {
             match self.draw_and_commit(&batch) {
                 Ok(ids) => report.drawn.extend(ids),
@@ -166,6 +167,7 @@ impl Service {
                 && self.releases_ending_with(b)?.iter().all(|(_, done)| *done)
             {
                 self.store.set_period_state(b, PeriodState::Released)?;
+                crate::fault::point("lifecycle:released");
             }
             // Retention is kept whatever happened to the releases: raw data of a period whose
             // release was refused is deleted on the same day as everyone else's.
@@ -179,6 +181,7 @@ impl Service {
             }
         }
         self.store.flush()?;
+        crate::fault::point("lifecycle:done");
         if !report.drawn.is_empty() || !report.purged.is_empty() {
             tracing::info!(
                 drawn = report.drawn.len(),
@@ -285,6 +288,7 @@ impl Service {
             finer: &finer,
         };
         let drawn = release::draw_batch(&input, &*self.noise)?;
+        crate::fault::point("release:drawn");
         self.store.commit_releases(&drawn)?;
         Ok(drawn.into_iter().map(|(r, _)| r.id).collect())
     }

@@ -43,7 +43,7 @@ use crate::domain::{
 use crate::dp::{DpError, NoiseSource, OpenDpNoise};
 use crate::policy::{Policy, PrivacyUnit, TagError};
 use crate::release::{self, BatchInput};
-use crate::store::{Store, StoreError, TickWrite};
+use crate::store::{Store, StoreError, TickApplied, TickWrite};
 
 /// Why a use case refused or failed. Messages are lowercase sentences naming the offending
 /// field or value; the API maps each variant to a status and a code in one place.
@@ -113,6 +113,11 @@ pub enum ServiceError {
     /// OpenDP failed.
     #[error(transparent)]
     Dp(#[from] DpError),
+    /// A tick could not be made durable. `certain`: it was taken back, so it is not counted;
+    /// otherwise it may or may not have reached the disk (a resend with the same
+    /// `Idempotency-Key` counts it once either way).
+    #[error("{}", not_stored_message(detail, *certain))]
+    NotStored { detail: StoreError, certain: bool },
     /// The policy file changes something the data directory cannot take (refused at start).
     #[error(transparent)]
     PolicyChange(#[from] crate::regime::Refused),
@@ -321,6 +326,23 @@ impl Service {
             role: rec.role,
             org: rec.org,
         })
+    }
+}
+
+/// The answer to a tick that could not be stored: what happened, and what to do.
+fn not_stored_message(detail: &StoreError, certain: bool) -> String {
+    let why = match detail {
+        StoreError::Full { .. } => "the server's disk is full",
+        _ => "the server could not write to its storage",
+    };
+    if certain {
+        format!(
+            "{why}; the contact was not counted. Try again later, with the same Idempotency-Key"
+        )
+    } else {
+        format!(
+            "{why}; the contact may or may not have been stored. Send it again later with the same Idempotency-Key, and it is counted once"
+        )
     }
 }
 

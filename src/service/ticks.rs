@@ -49,6 +49,10 @@ fn unique_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TagSet, D::Erro
 /// Response to an accepted tick.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct TickAccepted {
+    /// Whether this answers a request counted before under the same idempotency key (sent as
+    /// the `Idempotent-Replayed` header, not in the body, so the body is the first answer's).
+    #[serde(skip)]
+    pub replayed: bool,
     /// The period the contacts were counted in.
     pub period: Period,
     /// Contacts accepted.
@@ -63,9 +67,24 @@ impl Service {
         who: &Principal,
         req: TickRequest,
     ) -> Result<TickAccepted, ServiceError> {
-        let write = self.check_tick(who, req)?;
+        self.log_tick_once(who, req, None).await
+    }
+
+    /// Logs contacts under the client's idempotency key: a request with a key that was counted
+    /// in the same period is answered as the first time and changes nothing. An error answer
+    /// means not counted: a tick that could not be made durable is taken back.
+    pub async fn log_tick_once(
+        &self,
+        who: &Principal,
+        req: TickRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<TickAccepted, ServiceError> {
+        let mut write = self.check_tick(who, req)?;
+        if let Some(key) = idempotency_key {
+            write.idempotency = Some(self.idempotency_hash(&write, who, key)?);
+        }
         // The supporter's running count stays inside: no answer carries a raw count.
-        self.store.apply_tick(&write).map_err(|e| match e {
+        let applied = self.store.apply_tick(&write).map_err(|e| match e {
             StoreError::OverCap { cap, .. } => ServiceError::OverCap {
                 period: write.period,
                 cap,
@@ -74,13 +93,45 @@ impl Service {
                 period: write.period,
                 why: format!("it is {}", state.as_str()),
             },
-            other => ServiceError::Store(other),
+            other => ServiceError::NotStored {
+                detail: other,
+                certain: true,
+            },
         })?;
-        self.store.durable_period(write.period).await?;
+        if let Err(e) = self.store.durable_period(write.period).await {
+            // Take it back in memory, so it is not counted when the store writes again. If
+            // even that fails, the store is broken and will be reopened from disk, where the
+            // tick may or may not have reached: the answer says so.
+            let certain = applied != TickApplied::Counted || self.store.undo_tick(&write).is_ok();
+            return Err(ServiceError::NotStored { detail: e, certain });
+        }
         Ok(TickAccepted {
             period: write.period,
-            accepted: write.count,
+            accepted: match applied {
+                TickApplied::Counted => write.count,
+                TickApplied::Replayed(n) => n,
+            },
+            replayed: matches!(applied, TickApplied::Replayed(_)),
         })
+    }
+
+    /// The keyed hash an idempotency key is stored under: scoped to the supporter's token and
+    /// the period, under the period's secret, so the stored bytes reveal neither.
+    fn idempotency_hash(
+        &self,
+        write: &TickWrite,
+        who: &Principal,
+        key: &str,
+    ) -> Result<[u8; 32], ServiceError> {
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(ServiceError::InvalidField {
+                field: "Idempotency-Key",
+                code: "invalid_idempotency_key",
+                message: "the header must be 1 to 255 visible ASCII characters, such as a UUID; use a new one for each contact".into(),
+            });
+        }
+        let secret = self.store.period_secret(write.period, fresh_secret)?;
+        Ok(PeriodSecret::from_bytes(&secret)?.idempotency(&who.token_id, key))
     }
 
     /// Validates a tick and prepares its write, in the order a person fixing the request would
@@ -162,6 +213,7 @@ impl Service {
             pseudonym,
             count,
             cap,
+            idempotency: None,
         })
     }
 

@@ -2,6 +2,7 @@
 
 mod crash;
 mod demo;
+mod faults;
 mod helpers;
 mod policy_edits;
 mod releases;
