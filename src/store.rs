@@ -449,10 +449,10 @@ impl Store {
         let load_key = load_key(w.period, &w.cell.org, &w.pseudonym);
         (cells, load, idem, flags)
             .transaction(|(cells, load, idem, flags)| {
-                if let Some(key) = &w.idempotency {
-                    if let Some(first) = idem.get(key)? {
-                        return Ok(TickApplied::Replayed(be_u32(&first)));
-                    }
+                if let Some(key) = &w.idempotency
+                    && let Some(first) = idem.get(key)?
+                {
+                    return Ok(TickApplied::Replayed(be_u32(&first)));
                 }
                 if flags.get(b"closed")?.is_some() {
                     return Err(ConflictableTransactionError::Abort(
