@@ -154,6 +154,7 @@ fn start(data: &Path, policy: &Path, now: &str, env: &[(&str, &str)]) -> Server 
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap() == 0 {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("the binary exited before listening");
         }
         if let Some(rest) = line.split("listening on ").nth(1) {
