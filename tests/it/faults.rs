@@ -144,23 +144,27 @@ fn start(data: &Path, policy: &Path, now: &str, env: &[(&str, &str)]) -> Server 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    // Owned by `Server` from here on, so a panic below still kills and reaps it.
+    let mut server = Server {
+        child,
+        base: String::new(),
+    };
+    let mut reader = BufReader::new(server.child.stdout.take().unwrap());
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the binary exited before listening");
-        }
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the binary exited before listening"
+        );
         if let Some(rest) = line.split("listening on ").nth(1) {
-            let base = rest.split_whitespace().next().unwrap().to_string();
+            server.base = rest.split_whitespace().next().unwrap().to_string();
             std::thread::spawn(move || for _ in reader.lines() {});
-            return Server { child, base };
+            return server;
         }
     }
 }
