@@ -48,7 +48,7 @@ use crate::store::{Store, StoreError, TickWrite};
 #[derive(Debug, Error)]
 pub enum ServiceError {
     /// No token was presented.
-    #[error("this needs a token: send `Authorization: Bearer TOKEN` or sign in")]
+    #[error("this needs a token: send `Authorization: Bearer TOKEN`; ask your coordinator or admin for a token")]
     MissingToken,
     /// The presented token is unknown or revoked.
     #[error("the token is not valid or has been revoked")]
