@@ -20,24 +20,36 @@ pub const DEFAULT_POLICY: &str = include_str!("../policy/default.toml");
 pub const DEFAULT_POLICY_NAME: &str = "policy/default.toml (built in)";
 
 /// A policy that could not be read or is not valid.
+///
+/// `at` is `:LINE:COLUMN` when the place in the file is known (else empty) and `snippet` the
+/// source line with a caret under the offending value, rendered by `annotate-snippets` (else
+/// empty); both come from [`Policy::from_str`], which has the text.
 #[derive(Debug, Error)]
 pub enum PolicyError {
-    /// The file could not be read.
-    #[error("{file}: cannot read the policy: {source}")]
+    /// The file could not be read. The I/O error is part of the message, not a `source`, so that
+    /// a caller printing the whole chain shows it once.
+    #[error("{file}: cannot read the policy: {reason}")]
     Read {
         file: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    /// The TOML is malformed or has an unknown or mistyped key.
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
+    /// The TOML is malformed or has an unknown or mistyped key; `message` names the key path
+    /// (`marginals[2].budget_share`) when there is one.
+    #[error("{file}{at}: {message}{snippet}")]
+    Syntax {
+        file: String,
+        at: String,
+        message: String,
+        snippet: String,
+    },
     /// A key has a value the service cannot work with.
-    #[error("{file}: `{key}`: {problem}")]
+    #[error("{file}{at}: `{key}`: {problem}{snippet}")]
     Invalid {
         file: String,
         key: String,
         problem: String,
+        at: String,
+        snippet: String,
     },
 }
 
@@ -292,8 +304,11 @@ pub struct Policy {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     name: String,
+    #[serde(default)]
     period: RawPeriod,
+    #[serde(default)]
     ticks: RawTicks,
+    #[serde(default)]
     privacy: RawPrivacy,
     #[serde(default)]
     thresholds: RawThresholds,
@@ -357,6 +372,39 @@ struct RawThresholds {
     spike_min_expected: f64,
     #[serde(default = "default_low_uptake")]
     low_uptake_per_100_per_quarter: f64,
+}
+
+impl Default for RawPeriod {
+    fn default() -> Self {
+        RawPeriod {
+            granularity: default_granularity(),
+            grace_days: default_grace_days(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+impl Default for RawTicks {
+    fn default() -> Self {
+        RawTicks {
+            max_count_per_request: default_max_count(),
+            max_per_supporter_per_period: default_max_per_supporter(),
+        }
+    }
+}
+
+impl Default for RawPrivacy {
+    fn default() -> Self {
+        RawPrivacy {
+            unit: default_unit(),
+            mechanism: default_mechanism(),
+            budget: default_budget(),
+            rolling_year_cap: None,
+            typical_contacts_per_person: default_typical_contacts(),
+            sensitive_noise_multiplier: one(),
+            suppress_below: default_suppress_below(),
+        }
+    }
 }
 
 impl Default for RawThresholds {
@@ -501,10 +549,13 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> PolicyError {
+        // The place in the file is added by `Policy::from_str`, which has the text.
         PolicyError::Invalid {
             file: self.file.to_string(),
             key: key.into(),
             problem: problem.into(),
+            at: String::new(),
+            snippet: String::new(),
         }
     }
 
@@ -559,21 +610,52 @@ impl Policy {
     /// Reads and validates a policy file.
     pub fn from_path(path: &Path) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| PolicyError::Read {
             file: file.clone(),
-            source,
+            reason,
         })?;
         Policy::from_str(&file, &text)
     }
 
     /// Parses and validates policy text; `file` names it in error messages.
+    ///
+    /// Errors name the file, the line and column, and the full key path
+    /// (`serde_path_to_error`), and show the source line with a caret (`annotate-snippets`).
     #[allow(clippy::should_implement_trait)] // needs the file name, which FromStr cannot take
     pub fn from_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            file: file.to_string(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        validate(file, raw)
+        let raw: RawPolicy = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = plain_words(inner.message());
+                let message = if path.is_empty() || path == "." {
+                    message
+                } else {
+                    format!("`{path}`: {message}")
+                };
+                let (at, snippet) = place(text, inner.span());
+                PolicyError::Syntax {
+                    file: file.to_string(),
+                    at,
+                    message,
+                    snippet,
+                }
+            })?;
+        validate(file, raw).map_err(|e| match e {
+            PolicyError::Invalid {
+                file, key, problem, ..
+            } => {
+                let (at, snippet) = place(text, locate(text, &key));
+                PolicyError::Invalid {
+                    file,
+                    key,
+                    problem,
+                    at,
+                    snippet,
+                }
+            }
+            other => other,
+        })
     }
 
     /// The organisation with this id.
@@ -684,17 +766,24 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     let c = Checker { file };
     c.text("name", &raw.name)?;
 
-    let granularity: Granularity = raw
-        .period
-        .granularity
-        .parse()
-        .map_err(|e| c.err("period.granularity", e))?;
-    if granularity == Granularity::Year {
-        return Err(c.err(
-            "period.granularity",
-            "a base period of a year keeps raw data far too long; use week, month or quarter",
-        ));
-    }
+    let granularity: Granularity = match raw.period.granularity.parse() {
+        Ok(Granularity::Year) => {
+            return Err(c.err(
+                "period.granularity",
+                "a base period of a year keeps raw data far too long; use week, month or quarter",
+            ));
+        }
+        Ok(g) => g,
+        Err(_) => {
+            return Err(c.err(
+                "period.granularity",
+                format!(
+                    "`{}` is not a base period; use week, month or quarter",
+                    raw.period.granularity
+                ),
+            ));
+        }
+    };
     if raw.period.grace_days > 31 {
         return Err(c.err(
             "period.grace_days",
@@ -913,15 +1002,29 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     for (i, m) in raw.marginals.into_iter().enumerate() {
         let k = format!("marginals[{i}]");
         c.id(&format!("{k}.id"), &m.id)?;
-        let cadence: Granularity = m
-            .cadence
-            .parse()
-            .map_err(|e| c.err(format!("{k}.cadence"), e))?;
+        // Only cadences at least as coarse as the base period are accepted, and suggested.
+        let accepted = [
+            Granularity::Week,
+            Granularity::Month,
+            Granularity::Quarter,
+            Granularity::Year,
+        ]
+        .into_iter()
+        .filter(|g| granularity.max_per(*g).is_some())
+        .map(|g| g.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+        let cadence: Granularity = m.cadence.parse().map_err(|_| {
+            c.err(
+                format!("{k}.cadence"),
+                format!("`{}` is not a cadence; use {accepted}", m.cadence),
+            )
+        })?;
         if granularity.max_per(cadence).is_none() {
             return Err(c.err(
                 format!("{k}.cadence"),
                 format!(
-                    "`{}` is finer than the base period `{}`",
+                    "`{}` is finer than the base period `{}`; use {accepted}",
                     cadence.as_str(),
                     granularity.as_str()
                 ),
@@ -1029,6 +1132,120 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     Ok(policy)
 }
 
+// ----- diagnostics --------------------------------------------------------------------------
+
+/// Serde's type names in the words of a person editing the file ("a number", not "f64").
+fn plain_words(message: &str) -> String {
+    let mut m = message.trim().to_string();
+    for (from, to) in [
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected a sequence", "expected a list (`[...]`)"),
+        ("expected a map", "expected a table"),
+        ("floating point", "decimal number"),
+    ] {
+        m = m.replace(from, to);
+    }
+    m
+}
+
+/// `:LINE:COLUMN` (1-based, columns in characters) and the source line with a caret under
+/// `span`, rendered by `annotate-snippets` without colour; two empty strings without a span.
+fn place(text: &str, span: Option<std::ops::Range<usize>>) -> (String, String) {
+    let Some(span) = span.filter(|s| s.start <= text.len()) else {
+        return (String::new(), String::new());
+    };
+    let start = span.start;
+    let end = span.end.clamp(start, text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    // Underline at most the rest of the first line: a table's span can cover many lines.
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let end = end.min(line_end).max(start);
+    let end = if end == start {
+        (start + text[start..].chars().next().map_or(0, char::len_utf8)).min(text.len())
+    } else {
+        end
+    };
+    use annotate_snippets::{Level, Renderer, Snippet};
+    let message = Level::Error.title("").snippet(
+        Snippet::source(text)
+            .line_start(1)
+            .fold(true)
+            .annotation(Level::Error.span(start..end)),
+    );
+    let rendered = Renderer::plain().render(message).to_string();
+    // The first line is annotate-snippets' title; ours is the error's own first line.
+    let body: Vec<&str> = rendered.lines().skip(1).collect();
+    (
+        format!(":{line}:{column}"),
+        format!("\n{}", body.join("\n")),
+    )
+}
+
+/// The span of the value at a key path such as `marginals[2].budget_share`, found with
+/// `toml_edit`'s spans; the nearest enclosing item's span if the key itself is absent.
+fn locate(text: &str, path: &str) -> Option<std::ops::Range<usize>> {
+    use toml_edit::{ImDocument, Item, Table, Value};
+    #[derive(Clone, Copy)]
+    enum Node<'a> {
+        Item(&'a Item),
+        Table(&'a Table),
+        Value(&'a Value),
+    }
+    impl<'a> Node<'a> {
+        fn span(self) -> Option<std::ops::Range<usize>> {
+            match self {
+                Node::Item(Item::ArrayOfTables(a)) => {
+                    a.span().or_else(|| a.get(0).and_then(Table::span))
+                }
+                Node::Item(i) => i.span(),
+                Node::Table(t) => t.span(),
+                Node::Value(v) => v.span(),
+            }
+        }
+        fn child(self, key: &str) -> Option<Node<'a>> {
+            match self {
+                Node::Item(i) => i.as_table_like()?.get(key).map(Node::Item),
+                Node::Table(t) => t.get(key).map(Node::Item),
+                Node::Value(v) => v.as_inline_table()?.get(key).map(Node::Value),
+            }
+        }
+        fn index(self, n: usize) -> Option<Node<'a>> {
+            match self {
+                Node::Item(Item::ArrayOfTables(a)) => a.get(n).map(Node::Table),
+                Node::Item(i) => i.as_array()?.get(n).map(Node::Value),
+                Node::Table(_) => None,
+                Node::Value(v) => v.as_array()?.get(n).map(Node::Value),
+            }
+        }
+    }
+    let doc = ImDocument::parse(text).ok()?;
+    let mut node = Node::Table(doc.as_table());
+    let mut best = None;
+    for segment in path.split('.') {
+        let (name, indices) = segment.split_once('[').unwrap_or((segment, ""));
+        let mut next = node.child(name);
+        for n in indices.split('[').filter(|s| !s.is_empty()) {
+            let n: usize = n.trim_end_matches(']').parse().ok()?;
+            next = next.and_then(|x| x.index(n));
+        }
+        match next {
+            Some(x) => {
+                node = x;
+                best = x.span().or(best);
+            }
+            None => break,
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1119,13 +1336,106 @@ mod tests {
         ];
         for (from, to, key) in cases {
             let e = with(from, to).unwrap_err().to_string();
-            assert!(e.starts_with("test.toml: "), "{e}");
+            assert!(e.starts_with("test.toml:"), "{e}");
             assert!(e.contains(key), "expected key {key} in: {e}");
         }
         let e = with("name = \"", "colour = \"blue\"\nname = \"")
             .unwrap_err()
             .to_string();
         assert!(e.contains("test.toml") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_value_shows_file_line_column_key_path_source_line_and_caret() {
+        let e = with("budget_share = 0.075", "budget_share = \"x\"")
+            .unwrap_err()
+            .to_string();
+        let line = DEFAULT_POLICY
+            .lines()
+            .position(|l| l == "budget_share = 0.075")
+            .unwrap()
+            + 1;
+        let first = e.lines().next().unwrap();
+        assert_eq!(
+            first,
+            format!(
+                "test.toml:{line}:16: `marginals[2].budget_share`: invalid type: string \"x\", expected a number"
+            ),
+            "{e}"
+        );
+        assert!(e.contains(&format!("{line} | budget_share = \"x\"")), "{e}");
+        assert!(
+            e.lines().any(|l| l.ends_with("|                ^^^")),
+            "the caret is under the value: {e}"
+        );
+        assert!(!e.contains("f64"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_granularity_suggests_only_accepted_values() {
+        for bad in ["fortnight", "year"] {
+            let e = with(
+                "granularity = \"month\"",
+                &format!("granularity = \"{bad}\""),
+            )
+            .unwrap_err()
+            .to_string();
+            let first = e.lines().next().unwrap();
+            assert!(
+                first.contains("`period.granularity`")
+                    && first.contains("week, month or quarter")
+                    && !first.contains("year,")
+                    && !first.contains("or year"),
+                "{e}"
+            );
+            assert!(first.starts_with("test.toml:12:15:"), "{e}");
+        }
+        let e = with("cadence = \"month\"", "cadence = \"monthly\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use month, quarter, year"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_value_in_the_file() {
+        let e = with("headcount = 180", "headcount = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`orgs[0].units[1].headcount`"), "{e}");
+        assert!(
+            e.contains("headcount = 0 },"),
+            "the source line is shown: {e}"
+        );
+        assert!(e.contains('^'), "{e}");
+    }
+
+    #[test]
+    fn period_ticks_and_privacy_may_be_omitted_and_take_their_defaults() {
+        let start = DEFAULT_POLICY.find("[period]").unwrap();
+        let end = DEFAULT_POLICY.find("[thresholds]").unwrap();
+        let text = format!("{}{}", &DEFAULT_POLICY[..start], &DEFAULT_POLICY[end..]);
+        // The default plan spends 13.2 in a rolling year, within the implied cap.
+        let p = Policy::from_str("short.toml", &text).unwrap();
+        assert_eq!(p.granularity, Granularity::Month);
+        assert_eq!((p.grace_days, p.retention_days), (7, 30));
+        assert_eq!(
+            (p.max_count_per_request, p.max_ticks_per_supporter_period),
+            (10, 40)
+        );
+        assert_eq!(p.privacy.unit, PrivacyUnit::Contact);
+        assert_eq!(p.privacy.mechanism, Mechanism::DiscreteLaplace);
+        assert_eq!(p.privacy.budget, 2.0);
+        assert_eq!(p.privacy.suppress_below, 3);
+        assert_eq!(p.privacy.sensitive_noise_multiplier, 1.0);
+    }
+
+    #[test]
+    fn a_missing_file_names_the_file_and_the_reason_once() {
+        let e = Policy::from_path(Path::new("/nonexistent/policy.toml")).unwrap_err();
+        assert!(std::error::Error::source(&e).is_none());
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+        assert!(text.contains("/nonexistent/policy.toml"), "{text}");
     }
 
     #[test]
