@@ -19,6 +19,29 @@ pub const DEFAULT_POLICY: &str = include_str!("../policy/default.toml");
 /// The name under which the built-in policy is reported in messages.
 pub const DEFAULT_POLICY_NAME: &str = "policy/default.toml (built in)";
 
+/// The text `tellestrek policy init` writes: the built-in policy, every key commented, under a
+/// header that says what to change first. It parses to the built-in policy (a unit test checks).
+pub fn starter_text() -> String {
+    const HEADER: &str = "\
+# Tellestrek policy: a starting point written by `tellestrek policy init`.
+#
+# It is the built-in default policy. Before you serve real ticks:
+#   1. name your scheme (`name`) and replace the example organisations under [[orgs]] with
+#      yours: ids are stable ASCII (a-z, 0-9, -, _), names and labels are shown to people;
+#   2. keep the taxonomy ([[dimensions]]) unless your scheme has agreed on another: changing it
+#      later starts new tables;
+#   3. read what `tellestrek policy check FILE` prints: the release plan, the expected error
+#      of each released number, and what protects one contact.
+# [period], [ticks], [privacy] and [thresholds] may be left out: every key has a default,
+# shown here. Every key is documented in the README, \"The policy file\", and the design in
+# docs/design.md.
+";
+    let body = DEFAULT_POLICY
+        .find("\nname = ")
+        .map_or(DEFAULT_POLICY, |i| &DEFAULT_POLICY[i..]);
+    format!("{HEADER}{body}")
+}
+
 /// A policy that could not be read or is not valid.
 ///
 /// `at` is `:LINE:COLUMN` when the place in the file is known (else empty) and `snippet` the
@@ -1436,6 +1459,19 @@ mod tests {
         let text = format!("{:#}", anyhow::Error::from(e));
         assert_eq!(text.matches("No such file").count(), 1, "{text}");
         assert!(text.contains("/nonexistent/policy.toml"), "{text}");
+    }
+
+    #[test]
+    fn the_starting_policy_is_commented_and_is_the_builtin_one() {
+        let text = starter_text();
+        assert!(text.starts_with("# Tellestrek policy: a starting point"));
+        assert!(text.contains("policy check"));
+        let p = Policy::from_str("init.toml", &text).unwrap();
+        let b = Policy::builtin();
+        assert_eq!(p.name, b.name);
+        assert_eq!(p.orgs.len(), b.orgs.len());
+        assert_eq!(p.marginals.len(), b.marginals.len());
+        assert!((p.planned_spend() - b.planned_spend()).abs() < 1e-12);
     }
 
     #[test]

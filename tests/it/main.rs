@@ -6,6 +6,7 @@ mod helpers;
 mod releases;
 mod scan;
 mod serve;
+mod start;
 mod statistics;
 mod ticks;
 mod tokens;
