@@ -160,15 +160,15 @@ impl FreshDir {
 
 impl Drop for FreshDir {
     fn drop(&mut self) {
-        if let Some(dir) = self.created.take() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!(
-                        "warning: could not remove {} that this failed start created: {e}",
-                        dir.display()
-                    );
-                }
-            }
+        let Some(dir) = self.created.take() else {
+            return;
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => eprintln!(
+                "warning: could not remove {} that this failed start created: {e}",
+                dir.display()
+            ),
+            _ => {}
         }
     }
 }

@@ -76,7 +76,7 @@ pub enum PolicyError {
     },
 }
 
-/// What one privacy unit is (DESIGN.md section 2, "Privacy unit").
+/// What one privacy unit is (docs/design.md, "Privacy unit").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrivacyUnit {
@@ -235,7 +235,7 @@ pub enum MarginalKind {
     SupporterLoad,
 }
 
-/// One released table (DESIGN.md section 2, "Release plan").
+/// One released table (docs/design.md, "Release plan").
 #[derive(Debug, Clone)]
 pub struct Marginal {
     /// Stable id (`total`, `unit`, `yrkesgruppe`, `load` ...).
@@ -250,7 +250,7 @@ pub struct Marginal {
     pub budget_share: f64,
 }
 
-/// The privacy parameters (DESIGN.md section 2).
+/// The privacy parameters (docs/design.md, "Privacy model").
 #[derive(Debug, Clone)]
 pub struct Privacy {
     /// What one protected unit is; default `contact`.
@@ -274,7 +274,7 @@ pub struct Privacy {
     pub suppress_below: u32,
 }
 
-/// Thresholds the dashboard and alerts use (DOMAIN.md, "Thresholds").
+/// Thresholds the dashboard and alerts use (docs/domain.md, "Thresholds a dashboard shows").
 #[derive(Debug, Clone, Serialize)]
 pub struct Thresholds {
     /// A supporter with at least this many contacts in a base period counts as loaded; default 4.

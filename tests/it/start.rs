@@ -149,8 +149,8 @@ fn serve_help_shows_each_variable_and_default() {
     }
 }
 
-#[test]
-fn listen_takes_a_port_alone_and_host_names() {
+#[tokio::test]
+async fn listen_takes_a_port_alone_and_host_names() {
     // The parser has a unit test per form; here the real binary starts with two of them.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -159,12 +159,15 @@ fn listen_takes_a_port_alone_and_host_names() {
     )
     .unwrap();
     for listen in [":0", "localhost:0"] {
+        let tmp = binary_tmp();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tellestrek"))
             .args(["serve", "--policy", "policy.toml", "--data", "data"])
             .args(["--listen", listen])
             .current_dir(dir.path())
+            .env_remove("TELLESTREK_ADMIN_TOKEN")
             .env("TELLESTREK_NOW", "2026-11-23T10:00:00Z")
             .env("TELLESTREK_LOG", "warn")
+            .env("TMPDIR", tmp.path())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -176,11 +179,20 @@ fn listen_takes_a_port_alone_and_host_names() {
             assert!(n > 0, "{listen}: exited before listening: {text}");
             text.push_str(&line);
         }
-        assert!(crate::helpers::terminate(&mut child).success());
+        let base = text
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_string();
         assert!(
-            text.contains("http://127.0.0.1:") || text.contains("http://[::1]:"),
+            base.starts_with("http://127.0.0.1:") || base.starts_with("http://[::1]:"),
             "{listen}: {text}"
         );
+        let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        assert_eq!(r.status(), 200, "{listen}");
+        assert!(crate::helpers::terminate(&mut child).success(), "{listen}");
+        assert!(leftovers(tmp.path()).is_empty());
     }
 }
 
@@ -230,6 +242,11 @@ async fn a_failed_start_keeps_a_data_directory_that_existed() {
     let data = dir.path().join("data");
     // A first, successful start makes a real data directory.
     let server = Binary::serve(&data, None, None);
+    // Served once (so the shutdown handler is in place), then stopped as an operator would.
+    let r = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     assert!(server.terminate().success());
     let mut before = Vec::new();
     crate::helpers::files(&data, &mut before);
@@ -258,4 +275,53 @@ async fn the_401_message_names_only_what_a_person_can_do() {
         "{message}"
     );
     assert!(!message.to_lowercase().contains("sign in"), "{message}");
+}
+
+#[test]
+fn the_repository_stands_alone_every_document_it_names_is_in_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md"), root.join("Cargo.toml")];
+    for dir in ["src", "tests", "benches", "policy", "docs", ".ci"] {
+        crate::helpers::files(&root.join(dir), &mut files);
+    }
+    // Spelled in two parts so that this file does not name them itself.
+    let gone = [format!("{}.md", "DESIGN"), format!("{}.md", "DOMAIN")];
+    let docs = regex::Regex::new(r"docs/[a-z_-]+\.md").unwrap();
+    let mut checked = 0;
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for g in &gone {
+            assert!(!text.contains(g.as_str()), "{} names {g}", f.display());
+        }
+        for m in docs.find_iter(&text) {
+            assert!(
+                root.join(m.as_str()).is_file(),
+                "{} names {}, which is not in the repository",
+                f.display(),
+                m.as_str()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "the code points to docs/ ({checked} references)"
+    );
+}
+
+#[test]
+fn ci_names_no_path_that_does_not_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let paths = regex::Regex::new(r"\b(tests|benches|policy|docs|src)/[A-Za-z0-9_./-]*").unwrap();
+    for m in paths.find_iter(&ci) {
+        let p = m.as_str().trim_end_matches('.');
+        assert!(
+            root.join(p).exists(),
+            ".ci/run names {p}, which does not exist"
+        );
+    }
+    assert!(ci.contains("build-essential") && ci.contains("perl"));
 }
