@@ -176,16 +176,19 @@ impl Drop for FreshDir {
 /// Writes the starting policy to `file`, refusing to overwrite anything.
 fn policy_init(file: &std::path::Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(file)
-        .with_context(|| {
-            format!(
-                "writing {} (an existing file is never overwritten)",
-                file.display()
-            )
-        })?;
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "{} exists and is never overwritten; choose another name, or check it with `tellestrek policy check {}`",
+            file.display(),
+            file.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("writing {}", file.display())),
+    };
     f.write_all(tellestrek::policy::starter_text().as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", file.display()))?;
