@@ -1,5 +1,5 @@
 //! The demo: a fresh data directory with a simulated history, released, for a newcomer to
-//! look at. Rates follow DOMAIN.md (1–5 contacts per 100 employees a year); one unit has a
+//! look at. Rates follow docs/domain.md (1–5 contacts per 100 employees a year); one unit has a
 //! spike after a serious event, and one unit has no uptake at all.
 //!
 //! The simulation goes through the real use cases (tick validation, caps, the lifecycle job

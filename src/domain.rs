@@ -270,7 +270,7 @@ impl<'de> Deserialize<'de> for Period {
     }
 }
 
-/// The roles of DESIGN.md section 1, from least to most trusted in what they may manage.
+/// The roles of docs/design.md, "Users and roles", from least to most trusted in what they may manage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -320,7 +320,7 @@ impl FromStr for Role {
     }
 }
 
-/// Where a period is in its life (DESIGN.md section 2, "Lifecycle of a period").
+/// Where a period is in its life (docs/design.md, "Lifecycle of a period").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeriodState {

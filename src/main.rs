@@ -20,25 +20,51 @@ struct Cli {
     command: Command,
 }
 
+/// Environment variables `serve` reads that are not options, shown after its help.
+const SERVE_ENV_HELP: &str = "\
+Environment (besides the [env: ...] of each option):
+  TELLESTREK_ADMIN_TOKEN  the first admin token (at least 20 characters), used only when the
+                          data directory is empty; default: a random one, printed once
+  TELLESTREK_NOW          a fixed instant (RFC 3339, e.g. 2026-11-23T10:00:00Z) instead of the
+                          system clock, for demos and tests; default: the system clock
+  TELLESTREK_LOG          log filter in tracing's syntax (e.g. warn, info); default: info
+
+Start: tellestrek policy init policy.toml   (then edit it, and check it with `policy check`)
+       tellestrek serve --policy policy.toml --data ./tellestrek-data --listen 8080";
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API on a data directory.
+    /// Serve the API on a data directory, under a policy file.
+    #[command(after_help = SERVE_ENV_HELP)]
     Serve {
         /// Data directory (created if missing).
-        #[arg(long, default_value = "./tellestrek-data", env = "TELLESTREK_DATA")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "./tellestrek-data",
+            env = "TELLESTREK_DATA"
+        )]
         data: PathBuf,
-        /// Policy file; default the built-in policy/default.toml.
-        #[arg(long, env = "TELLESTREK_POLICY")]
+        /// Policy file (required; `tellestrek policy init FILE` writes a starting one).
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_POLICY")]
         policy: Option<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "TELLESTREK_LISTEN")]
+        /// Address to listen on: a port (`8080`, `:8080`: loopback only), `HOST:PORT`
+        /// (`localhost:8080`, `0.0.0.0:8080`) or `[IPv6]:PORT`.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "127.0.0.1:8080",
+            env = "TELLESTREK_LISTEN",
+            value_parser = parse_listen
+        )]
         listen: SocketAddr,
     },
     /// Start a demo: a fresh data directory with 20 months of simulated, released history,
     /// and a token for each role.
     Demo {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address to listen on: a port (`8080`, `:8080`: loopback only), `HOST:PORT` or
+        /// `[IPv6]:PORT`.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
         listen: SocketAddr,
         /// Keep the demo data in this directory (must not exist yet) instead of a temporary one.
         #[arg(long)]
@@ -71,6 +97,110 @@ enum PolicyCommand {
         #[arg(long, value_name = "DATA_DIR")]
         against: Option<PathBuf>,
     },
+    /// Write a commented starting policy to FILE (never over an existing file); edit it, check
+    /// it, then `serve --policy FILE`.
+    Init {
+        /// Where to write it.
+        file: PathBuf,
+    },
+}
+
+/// Parses `--listen`: `8080` and `:8080` mean 127.0.0.1:8080 (loopback: a bare port never
+/// opens the service to the network by accident), `HOST:PORT` is resolved with the system's
+/// resolver (`localhost:8080`; the first address is used), and `IP:PORT` / `[IPv6]:PORT` are
+/// taken as written.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let text = text.trim();
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = port_only
+            .parse()
+            .map_err(|_| format!("`{port_only}` is not a port; use 0 to 65535"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let usage = "use a port (8080), :PORT, HOST:PORT (localhost:8080) or [IPv6]:PORT";
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(host, _)| host.is_empty())
+    {
+        return Err(format!("`{text}` has no port; {usage}"));
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}` cannot be resolved ({e}); {usage}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address; {usage}"))
+}
+
+/// Removes the data directory a failed start created, so a mistyped option or a port in use
+/// leaves the disk as it was. Armed only when the directory did not exist; `keep` disarms it
+/// once the server listens, after which the data is never removed.
+struct FreshDir {
+    /// The topmost directory this start will create (the data directory or a missing parent).
+    created: Option<PathBuf>,
+}
+
+impl FreshDir {
+    /// Notes whether `data` (or which of its parents) is missing before the start.
+    fn note(data: &std::path::Path) -> FreshDir {
+        let created = data
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(std::path::Path::to_path_buf);
+        FreshDir { created }
+    }
+
+    /// The start succeeded: keep the directory.
+    fn keep(&mut self) {
+        self.created = None;
+    }
+}
+
+impl Drop for FreshDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.created.take() else {
+            return;
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => eprintln!(
+                "warning: could not remove {} that this failed start created: {e}",
+                dir.display()
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Writes the starting policy to `file`, refusing to overwrite anything.
+fn policy_init(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "{} exists and is never overwritten; choose another name, or check it with `tellestrek policy check {}`",
+            file.display(),
+            file.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("writing {}", file.display())),
+    };
+    f.write_all(tellestrek::policy::starter_text().as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", file.display()))?;
+    let shown = file.display();
+    println!(
+        "Wrote a starting policy to {shown}. Replace the example organisations with yours, then:\n\n    tellestrek policy check {shown}\n    tellestrek serve --policy {shown}\n"
+    );
+    Ok(())
 }
 
 fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -110,8 +240,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             policy,
             listen,
         } => {
-            let policy = load_policy(policy.as_ref())?;
-            serve(data, policy, listen)
+            let Some(policy) = policy else {
+                anyhow::bail!(
+                    "serve needs a policy file (--policy FILE or TELLESTREK_POLICY): it says which organisations, units and tags the service counts.\n\
+                     Write a starting one and edit it:  tellestrek policy init policy.toml\n\
+                     then start with:                   tellestrek serve --policy policy.toml\n\
+                     (To try the service first: tellestrek demo)"
+                );
+            };
+            let policy = Policy::from_path(&policy)?;
+            let mut fresh = FreshDir::note(&data);
+            serve(data, policy, listen, &mut fresh)
         }
         Command::Demo { listen, data } => demo(listen, data),
         Command::Verify { export, public_key } => {
@@ -134,6 +273,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => anyhow::bail!("{}: NOT VERIFIED: {e}", export.display()),
             }
         }
+        Command::Policy {
+            command: PolicyCommand::Init { file },
+        } => policy_init(&file),
         Command::Policy {
             command: PolicyCommand::Check { file, against },
         } => {
@@ -176,7 +318,12 @@ fn policy_against(dir: &std::path::Path, policy: &Policy) -> anyhow::Result<Stri
     Ok(out)
 }
 
-fn serve(data: PathBuf, policy: Policy, listen: SocketAddr) -> anyhow::Result<()> {
+fn serve(
+    data: PathBuf,
+    policy: Policy,
+    listen: SocketAddr,
+    fresh: &mut FreshDir,
+) -> anyhow::Result<()> {
     let clock: Arc<dyn clock::Clock> = Arc::from(clock::from_env().map_err(anyhow::Error::msg)?);
     let admin = std::env::var("TELLESTREK_ADMIN_TOKEN")
         .ok()
@@ -199,6 +346,7 @@ fn serve(data: PathBuf, policy: Policy, listen: SocketAddr) -> anyhow::Result<()
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
+        fresh.keep();
         println!("Policy: {}", svc.policy_change().trim_end());
         println!(
             "Tellestrek listening on http://{addr} (data: {}, policy: {})",
@@ -258,4 +406,70 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
         println!("Tellestrek demo listening on http://{addr} (Ctrl-C to stop)");
         server::run(listener, demo.svc, server::shutdown_signal()).await.context("serving")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn a_port_alone_listens_on_loopback() {
+        assert_eq!(
+            parse_listen("8080"),
+            Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))
+        );
+    }
+
+    #[test]
+    fn a_colon_and_port_listens_on_loopback() {
+        assert_eq!(
+            parse_listen(":8080"),
+            Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))
+        );
+    }
+
+    #[test]
+    fn an_ipv4_address_and_port_is_taken_as_written() {
+        assert_eq!(
+            parse_listen("127.0.0.1:8080"),
+            Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:80"),
+            Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)))
+        );
+    }
+
+    #[test]
+    fn an_ipv6_address_in_brackets_and_port_is_taken_as_written() {
+        assert_eq!(
+            parse_listen("[::1]:8080"),
+            Ok(SocketAddr::from((Ipv6Addr::LOCALHOST, 8080)))
+        );
+    }
+
+    #[test]
+    fn a_host_name_is_resolved() {
+        let a = parse_listen("localhost:8080").unwrap();
+        assert_eq!(a.port(), 8080);
+        assert!(a.ip().is_loopback(), "{a}");
+        assert!(matches!(a.ip(), IpAddr::V4(_) | IpAddr::V6(_)));
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_with_the_accepted_forms() {
+        for bad in ["", ":", "localhost", "1.2.3.4", "[::1]"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+        let e = parse_listen("70000").unwrap_err();
+        assert!(e.contains("0 to 65535"), "{e}");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -13,35 +13,73 @@ use thiserror::Error;
 
 use crate::domain::{Granularity, TagSet};
 
+mod diagnostics;
+use diagnostics::{locate, place, plain_words};
+
 /// The built-in default policy, compiled in so `serve` and `demo` work with no files at hand.
 pub const DEFAULT_POLICY: &str = include_str!("../policy/default.toml");
 
 /// The name under which the built-in policy is reported in messages.
 pub const DEFAULT_POLICY_NAME: &str = "policy/default.toml (built in)";
 
+/// The text `tellestrek policy init` writes: the built-in policy, every key commented, under a
+/// header that says what to change first. It parses to the built-in policy (a unit test checks).
+pub fn starter_text() -> String {
+    const HEADER: &str = "\
+# Tellestrek policy: a starting point written by `tellestrek policy init`.
+#
+# It is the built-in default policy. Before you serve real ticks:
+#   1. name your scheme (`name`) and replace the example organisations under [[orgs]] with
+#      yours: ids are stable ASCII (a-z, 0-9, -, _), names and labels are shown to people;
+#   2. keep the taxonomy ([[dimensions]]) unless your scheme has agreed on another: changing it
+#      later starts new tables;
+#   3. read what `tellestrek policy check FILE` prints: the release plan, the expected error
+#      of each released number, and what protects one contact.
+# [period], [ticks], [privacy] and [thresholds] may be left out: every key has a default,
+# shown here. Every key is documented in the README, \"The policy file\", and the design in
+# docs/design.md.
+";
+    let body = DEFAULT_POLICY
+        .find("\nname = ")
+        .map_or(DEFAULT_POLICY, |i| &DEFAULT_POLICY[i..]);
+    format!("{HEADER}{body}")
+}
+
 /// A policy that could not be read or is not valid.
+///
+/// `at` is `:LINE:COLUMN` when the place in the file is known (else empty) and `snippet` the
+/// source line with a caret under the offending value, rendered by `annotate-snippets` (else
+/// empty); both come from [`Policy::from_str`], which has the text.
 #[derive(Debug, Error)]
 pub enum PolicyError {
-    /// The file could not be read.
-    #[error("{file}: cannot read the policy: {source}")]
+    /// The file could not be read. The I/O error is part of the message, not a `source`, so that
+    /// a caller printing the whole chain shows it once.
+    #[error("{file}: cannot read the policy: {reason}")]
     Read {
         file: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    /// The TOML is malformed or has an unknown or mistyped key.
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
+    /// The TOML is malformed or has an unknown or mistyped key; `message` names the key path
+    /// (`marginals[2].budget_share`) when there is one.
+    #[error("{file}{at}: {message}{snippet}")]
+    Syntax {
+        file: String,
+        at: String,
+        message: String,
+        snippet: String,
+    },
     /// A key has a value the service cannot work with.
-    #[error("{file}: `{key}`: {problem}")]
+    #[error("{file}{at}: `{key}`: {problem}{snippet}")]
     Invalid {
         file: String,
         key: String,
         problem: String,
+        at: String,
+        snippet: String,
     },
 }
 
-/// What one privacy unit is (DESIGN.md section 2, "Privacy unit").
+/// What one privacy unit is (docs/design.md, "Privacy unit").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrivacyUnit {
@@ -200,7 +238,7 @@ pub enum MarginalKind {
     SupporterLoad,
 }
 
-/// One released table (DESIGN.md section 2, "Release plan").
+/// One released table (docs/design.md, "Release plan").
 #[derive(Debug, Clone)]
 pub struct Marginal {
     /// Stable id (`total`, `unit`, `yrkesgruppe`, `load` ...).
@@ -215,7 +253,7 @@ pub struct Marginal {
     pub budget_share: f64,
 }
 
-/// The privacy parameters (DESIGN.md section 2).
+/// The privacy parameters (docs/design.md, "Privacy model").
 #[derive(Debug, Clone)]
 pub struct Privacy {
     /// What one protected unit is; default `contact`.
@@ -239,7 +277,7 @@ pub struct Privacy {
     pub suppress_below: u32,
 }
 
-/// Thresholds the dashboard and alerts use (DOMAIN.md, "Thresholds").
+/// Thresholds the dashboard and alerts use (docs/domain.md, "Thresholds a dashboard shows").
 #[derive(Debug, Clone, Serialize)]
 pub struct Thresholds {
     /// A supporter with at least this many contacts in a base period counts as loaded; default 4.
@@ -294,8 +332,11 @@ pub struct Policy {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     name: String,
+    #[serde(default)]
     period: RawPeriod,
+    #[serde(default)]
     ticks: RawTicks,
+    #[serde(default)]
     privacy: RawPrivacy,
     #[serde(default)]
     thresholds: RawThresholds,
@@ -359,6 +400,39 @@ struct RawThresholds {
     spike_min_expected: f64,
     #[serde(default = "default_low_uptake")]
     low_uptake_per_100_per_quarter: f64,
+}
+
+impl Default for RawPeriod {
+    fn default() -> Self {
+        RawPeriod {
+            granularity: default_granularity(),
+            grace_days: default_grace_days(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+impl Default for RawTicks {
+    fn default() -> Self {
+        RawTicks {
+            max_count_per_request: default_max_count(),
+            max_per_supporter_per_period: default_max_per_supporter(),
+        }
+    }
+}
+
+impl Default for RawPrivacy {
+    fn default() -> Self {
+        RawPrivacy {
+            unit: default_unit(),
+            mechanism: default_mechanism(),
+            budget: default_budget(),
+            rolling_year_cap: None,
+            typical_contacts_per_person: default_typical_contacts(),
+            sensitive_noise_multiplier: one(),
+            suppress_below: default_suppress_below(),
+        }
+    }
 }
 
 impl Default for RawThresholds {
@@ -503,10 +577,13 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> PolicyError {
+        // The place in the file is added by `Policy::from_str`, which has the text.
         PolicyError::Invalid {
             file: self.file.to_string(),
             key: key.into(),
             problem: problem.into(),
+            at: String::new(),
+            snippet: String::new(),
         }
     }
 
@@ -561,21 +638,52 @@ impl Policy {
     /// Reads and validates a policy file.
     pub fn from_path(path: &Path) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| PolicyError::Read {
             file: file.clone(),
-            source,
+            reason,
         })?;
         Policy::from_str(&file, &text)
     }
 
     /// Parses and validates policy text; `file` names it in error messages.
+    ///
+    /// Errors name the file, the line and column, and the full key path
+    /// (`serde_path_to_error`), and show the source line with a caret (`annotate-snippets`).
     #[allow(clippy::should_implement_trait)] // needs the file name, which FromStr cannot take
     pub fn from_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            file: file.to_string(),
-            message: e.to_string().trim().replace('\n', " "),
+        let raw: RawPolicy = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = plain_words(inner.message());
+                let message = if path.is_empty() || path == "." {
+                    message
+                } else {
+                    format!("`{path}`: {message}")
+                };
+                let (at, snippet) = place(text, inner.span());
+                PolicyError::Syntax {
+                    file: file.to_string(),
+                    at,
+                    message,
+                    snippet,
+                }
+            })?;
+        let mut policy = validate(file, raw).map_err(|e| match e {
+            PolicyError::Invalid {
+                file, key, problem, ..
+            } => {
+                let (at, snippet) = place(text, locate(text, &key));
+                PolicyError::Invalid {
+                    file,
+                    key,
+                    problem,
+                    at,
+                    snippet,
+                }
+            }
+            other => other,
         })?;
-        let mut policy = validate(file, raw)?;
         policy.text = text.to_string();
         Ok(policy)
     }
@@ -688,17 +796,24 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     let c = Checker { file };
     c.text("name", &raw.name)?;
 
-    let granularity: Granularity = raw
-        .period
-        .granularity
-        .parse()
-        .map_err(|e| c.err("period.granularity", e))?;
-    if granularity == Granularity::Year {
-        return Err(c.err(
-            "period.granularity",
-            "a base period of a year keeps raw data far too long; use week, month or quarter",
-        ));
-    }
+    let granularity: Granularity = match raw.period.granularity.parse() {
+        Ok(Granularity::Year) => {
+            return Err(c.err(
+                "period.granularity",
+                "a base period of a year keeps raw data far too long; use week, month or quarter",
+            ));
+        }
+        Ok(g) => g,
+        Err(_) => {
+            return Err(c.err(
+                "period.granularity",
+                format!(
+                    "`{}` is not a base period; use week, month or quarter",
+                    raw.period.granularity
+                ),
+            ));
+        }
+    };
     if raw.period.grace_days > 31 {
         return Err(c.err(
             "period.grace_days",
@@ -917,15 +1032,29 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     for (i, m) in raw.marginals.into_iter().enumerate() {
         let k = format!("marginals[{i}]");
         c.id(&format!("{k}.id"), &m.id)?;
-        let cadence: Granularity = m
-            .cadence
-            .parse()
-            .map_err(|e| c.err(format!("{k}.cadence"), e))?;
+        // Only cadences at least as coarse as the base period are accepted, and suggested.
+        let accepted = [
+            Granularity::Week,
+            Granularity::Month,
+            Granularity::Quarter,
+            Granularity::Year,
+        ]
+        .into_iter()
+        .filter(|g| granularity.max_per(*g).is_some())
+        .map(|g| g.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+        let cadence: Granularity = m.cadence.parse().map_err(|_| {
+            c.err(
+                format!("{k}.cadence"),
+                format!("`{}` is not a cadence; use {accepted}", m.cadence),
+            )
+        })?;
         if granularity.max_per(cadence).is_none() {
             return Err(c.err(
                 format!("{k}.cadence"),
                 format!(
-                    "`{}` is finer than the base period `{}`",
+                    "`{}` is finer than the base period `{}`; use {accepted}",
                     cadence.as_str(),
                     granularity.as_str()
                 ),
@@ -1124,13 +1253,119 @@ mod tests {
         ];
         for (from, to, key) in cases {
             let e = with(from, to).unwrap_err().to_string();
-            assert!(e.starts_with("test.toml: "), "{e}");
+            assert!(e.starts_with("test.toml:"), "{e}");
             assert!(e.contains(key), "expected key {key} in: {e}");
         }
         let e = with("name = \"", "colour = \"blue\"\nname = \"")
             .unwrap_err()
             .to_string();
         assert!(e.contains("test.toml") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_value_shows_file_line_column_key_path_source_line_and_caret() {
+        let e = with("budget_share = 0.075", "budget_share = \"x\"")
+            .unwrap_err()
+            .to_string();
+        let line = DEFAULT_POLICY
+            .lines()
+            .position(|l| l == "budget_share = 0.075")
+            .unwrap()
+            + 1;
+        let first = e.lines().next().unwrap();
+        assert_eq!(
+            first,
+            format!(
+                "test.toml:{line}:16: `marginals[2].budget_share`: invalid type: string \"x\", expected a number"
+            ),
+            "{e}"
+        );
+        assert!(e.contains(&format!("{line} | budget_share = \"x\"")), "{e}");
+        assert!(
+            e.lines().any(|l| l.ends_with("|                ^^^")),
+            "the caret is under the value: {e}"
+        );
+        assert!(!e.contains("f64"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_granularity_suggests_only_accepted_values() {
+        for bad in ["fortnight", "year"] {
+            let e = with(
+                "granularity = \"month\"",
+                &format!("granularity = \"{bad}\""),
+            )
+            .unwrap_err()
+            .to_string();
+            let first = e.lines().next().unwrap();
+            assert!(
+                first.contains("`period.granularity`")
+                    && first.contains("week, month or quarter")
+                    && !first.contains("year,")
+                    && !first.contains("or year"),
+                "{e}"
+            );
+            assert!(first.starts_with("test.toml:12:15:"), "{e}");
+        }
+        let e = with("cadence = \"month\"", "cadence = \"monthly\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use month, quarter, year"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_value_in_the_file() {
+        let e = with("headcount = 180", "headcount = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`orgs[0].units[1].headcount`"), "{e}");
+        assert!(
+            e.contains("headcount = 0 },"),
+            "the source line is shown: {e}"
+        );
+        assert!(e.contains('^'), "{e}");
+    }
+
+    #[test]
+    fn period_ticks_and_privacy_may_be_omitted_and_take_their_defaults() {
+        let start = DEFAULT_POLICY.find("[period]").unwrap();
+        let end = DEFAULT_POLICY.find("[thresholds]").unwrap();
+        let text = format!("{}{}", &DEFAULT_POLICY[..start], &DEFAULT_POLICY[end..]);
+        // The default plan spends 13.2 in a rolling year, within the implied cap.
+        let p = Policy::from_str("short.toml", &text).unwrap();
+        assert_eq!(p.granularity, Granularity::Month);
+        assert_eq!((p.grace_days, p.retention_days), (7, 30));
+        assert_eq!(
+            (p.max_count_per_request, p.max_ticks_per_supporter_period),
+            (10, 40)
+        );
+        assert_eq!(p.privacy.unit, PrivacyUnit::Contact);
+        assert_eq!(p.privacy.mechanism, Mechanism::DiscreteLaplace);
+        assert_eq!(p.privacy.budget, 2.0);
+        assert_eq!(p.privacy.suppress_below, 3);
+        assert_eq!(p.privacy.sensitive_noise_multiplier, 1.0);
+    }
+
+    #[test]
+    fn a_missing_file_names_the_file_and_the_reason_once() {
+        let e = Policy::from_path(Path::new("/nonexistent/policy.toml")).unwrap_err();
+        assert!(std::error::Error::source(&e).is_none());
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+        assert!(text.contains("/nonexistent/policy.toml"), "{text}");
+    }
+
+    #[test]
+    fn the_starting_policy_is_commented_and_is_the_builtin_one() {
+        let text = starter_text();
+        assert!(text.starts_with("# Tellestrek policy: a starting point"));
+        assert!(text.contains("policy check"));
+        let p = Policy::from_str("init.toml", &text).unwrap();
+        let b = Policy::builtin();
+        assert_eq!(p.name, b.name);
+        assert_eq!(p.orgs.len(), b.orgs.len());
+        assert_eq!(p.marginals.len(), b.marginals.len());
+        assert!((p.planned_spend() - b.planned_spend()).abs() < 1e-12);
     }
 
     #[test]

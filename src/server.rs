@@ -2,7 +2,8 @@
 //! future, so tests bind port 0 and the binary stays thin.
 //!
 //! No access log and no request metrics for the tick route: their counts would be the raw
-//! count, and their timestamps would say when a contact was logged (DESIGN.md section 2).
+//! count, and their timestamps would say when a contact was logged (docs/design.md,
+//! "Durability and side channels").
 
 use std::future::Future;
 use std::time::Duration;

@@ -50,7 +50,9 @@ use crate::store::{Store, StoreError, TickApplied, TickWrite};
 #[derive(Debug, Error)]
 pub enum ServiceError {
     /// No token was presented.
-    #[error("this needs a token: send `Authorization: Bearer TOKEN` or sign in")]
+    #[error(
+        "this needs a token: send `Authorization: Bearer TOKEN`; ask your coordinator or admin for a token"
+    )]
     MissingToken,
     /// The presented token is unknown or revoked.
     #[error("the token is not valid or has been revoked")]

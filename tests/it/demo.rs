@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use crate::helpers::{binary_tmp, leftovers, terminate};
 use tellestrek::demo::{self, SILENT_UNIT, SPIKE_CONTACTS, SPIKE_UNIT};
 use tellestrek::dp::ZeroNoise;
 use time::macros::datetime;
@@ -55,9 +56,13 @@ async fn the_simulated_history_has_the_spike_and_the_unit_without_uptake() {
 
 #[tokio::test]
 async fn the_demo_binary_prints_tokens_and_serves_releases() {
+    // The demo keeps its data in a temporary directory under TMPDIR: a test-owned one here, so
+    // that what a stop leaves behind is seen.
+    let tmp = binary_tmp();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tellestrek"))
         .args(["demo", "--listen", "127.0.0.1:0"])
         .env("TELLESTREK_LOG", "warn")
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -90,6 +95,13 @@ async fn the_demo_binary_prints_tokens_and_serves_releases() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["releases"].as_array().unwrap().len() >= 12);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert_eq!(
+        leftovers(tmp.path()).len(),
+        1,
+        "the running demo keeps its data in TMPDIR"
+    );
+    // Stopped as an operator would (SIGTERM), the demo removes its temporary data directory.
+    assert!(terminate(&mut child).success());
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "the demo left {left:?} behind");
 }

@@ -203,21 +203,52 @@ pub struct Binary {
     pub base: String,
     /// Everything it printed on standard output before it started listening.
     pub banner: String,
+    /// The binary's `TMPDIR`, owned by the test: after a graceful stop it must be empty, so the
+    /// suite leaves the machine's `/tmp` as it found it.
+    pub tmp: TempDir,
+}
+
+/// A `TMPDIR` for a started binary, so that what it leaves behind can be seen (and is removed).
+pub fn binary_tmp() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("tellestrek-test-tmp-")
+        .tempdir()
+        .unwrap()
+}
+
+/// The names of what is left in a directory (empty when a binary cleaned up after itself).
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 impl Binary {
-    /// Starts `tellestrek serve` on port 0 and waits until it listens.
+    /// Starts `tellestrek serve` on port 0 and waits until it listens; without `policy`, with
+    /// the built-in policy written beside the data directory (`serve` needs a file).
     pub fn serve(data: &Path, policy: Option<&Path>, admin: Option<&str>) -> Binary {
+        let tmp = binary_tmp();
+        let builtin;
+        let policy = match policy {
+            Some(p) => p,
+            None => {
+                builtin = data.with_extension("policy.toml");
+                std::fs::write(&builtin, tellestrek::policy::DEFAULT_POLICY).unwrap();
+                &builtin
+            }
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tellestrek"));
         cmd.arg("serve")
             .arg("--data")
             .arg(data)
             .arg("--listen")
-            .arg("127.0.0.1:0");
-        if let Some(p) = policy {
-            cmd.arg("--policy").arg(p);
-        }
+            .arg("127.0.0.1:0")
+            .arg("--policy")
+            .arg(policy);
         cmd.env_remove("TELLESTREK_ADMIN_TOKEN")
+            .env_remove("TELLESTREK_POLICY")
+            .env("TMPDIR", tmp.path())
             .env("TELLESTREK_NOW", "2026-11-23T10:00:00Z")
             .env("TELLESTREK_LOG", "warn");
         if let Some(a) = admin {
@@ -233,6 +264,7 @@ impl Binary {
             child,
             base: String::new(),
             banner: String::new(),
+            tmp,
         };
         let mut reader = BufReader::new(bin.child.stdout.take().unwrap());
         loop {
@@ -268,16 +300,24 @@ impl Binary {
         self.child.wait().unwrap();
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
+    /// Sends SIGTERM and waits for a clean exit; the binary's `TMPDIR` must then be empty.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        self.child.wait().unwrap()
+        let status = terminate(&mut self.child);
+        let left = leftovers(self.tmp.path());
+        assert!(left.is_empty(), "a graceful stop left {left:?} in TMPDIR");
+        status
     }
+}
+
+/// Sends SIGTERM to a child and waits for it to exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    child.wait().unwrap()
 }
 
 /// A reqwest client for talking to a started binary.

@@ -8,6 +8,7 @@ mod policy_edits;
 mod releases;
 mod scan;
 mod serve;
+mod start;
 mod statistics;
 mod ticks;
 mod tokens;
