@@ -85,7 +85,7 @@ pub enum RegimeError {
     Policy {
         from: Period,
         #[source]
-        source: PolicyError,
+        source: Box<PolicyError>,
     },
 }
 
@@ -115,7 +115,7 @@ impl Regimes {
             let policy = Policy::from_str(&format!("regime from {}", r.from), &r.policy).map_err(
                 |source| RegimeError::Policy {
                     from: r.from,
-                    source,
+                    source: Box::new(source),
                 },
             )?;
             out.push(Regime {

@@ -396,7 +396,10 @@ async fn a_crash_at_any_step_of_the_release_job_draws_each_release_once() {
             .iter()
             .position(|p| *p == "release:published")
             .unwrap();
-        let at = tellestrek::fault::POINTS.iter().position(|p| *p == point).unwrap();
+        let at = tellestrek::fault::POINTS
+            .iter()
+            .position(|p| *p == point)
+            .unwrap();
         assert_eq!(!seen.is_empty(), at >= published, "{point}: {seen:?}");
         let server = start(&data, &policy, later, &[]);
         // The admin's release call runs the job to its end, synchronously.
