@@ -4,6 +4,8 @@
 //! Handlers extract, call the service, and serialise. Every rejection, including a malformed
 //! body, has the shape `{"error":{"code","message"}}`. Must not touch sled, opendp or ring.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -23,6 +25,13 @@ use crate::service::{
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
 /// any policy's tags and nothing for abuse.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// Longest a client may take to send a whole request body, from the first read to the last
+/// byte: 10 s. A body is at most [`BODY_LIMIT_BYTES`], which a phone on a poor line sends in
+/// well under a second; a client that dribbles it (slowloris on the body) is answered 408 and
+/// its connection closed, instead of holding it for hours. It bounds only the reading of the
+/// body, never the handler, so it cannot cut a tick between its write and its answer.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error response: status, stable snake_case code, and a sentence for people.
 #[derive(Debug)]
@@ -66,6 +75,18 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this address does not take that method",
+        )
+    }
+
+    /// The 408 for a body not received within [`BODY_READ_TIMEOUT`].
+    pub fn body_timeout() -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s; nothing was changed, send it again",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
         )
     }
 }
@@ -137,21 +158,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
+        // The whole body within BODY_READ_TIMEOUT. The router's per-read timeout layer has the
+        // same length and starts later, so for this extractor it never fires first.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state)).await;
+        let bytes = match read {
+            Err(_elapsed) => return Err(ApiError::body_timeout()),
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     format!("the body is larger than the {BODY_LIMIT_BYTES} bytes allowed"),
-                )
-            } else {
-                ApiError::new(
+                ));
+            }
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "unreadable_body",
                     "the request body could not be read",
-                )
+                ));
             }
-        })?;
+        };
         parse_json(&bytes).map(AppJson)
     }
 }
