@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -235,6 +236,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        check_query_utf8(parts.uri.query().unwrap_or(""))?;
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(v)| AppQuery(v))
             .map_err(|r| {
@@ -246,6 +248,83 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
                     format!("query: {text}"),
                 )
             })
+    }
+}
+
+/// Refuses a query string with a name or value that is not UTF-8 once percent-decoded (400
+/// `invalid_query`, naming the parameter). The form decoder would replace the bytes with U+FFFD
+/// and the request would go on with a value the client never sent.
+fn check_query_utf8(query: &str) -> Result<(), ApiError> {
+    let utf8 = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .is_ok()
+    };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let message = if !utf8(name) {
+            "query: a parameter name is not valid UTF-8 once percent-decoded".to_string()
+        } else if !utf8(value) {
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            format!("query: `{name}` is not valid UTF-8 once percent-decoded")
+        } else {
+            continue;
+        };
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            message,
+        ));
+    }
+    Ok(())
+}
+
+/// Typed path parameters whose rejections are [`ApiError`]s: 400 `invalid_path` for a
+/// parameter that is not UTF-8 once percent-decoded, 422 `invalid_path` for one of the wrong
+/// type, each naming the parameter. Axum's own rejection is plain text.
+pub struct AppPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AppPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+        let e = match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => return Ok(AppPath(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => e,
+            Err(e) => {
+                // A route without the parameters its handler expects: a bug of ours.
+                tracing::error!(error = %e, "path extraction failed");
+                return Err(ApiError::internal());
+            }
+        };
+        let (status, message) = match e.into_kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => (
+                StatusCode::BAD_REQUEST,
+                format!("path: `{key}` is not valid UTF-8 once percent-decoded"),
+            ),
+            ErrorKind::ParseErrorAtKey {
+                key, expected_type, ..
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("path: `{key}` must be a {expected_type}"),
+            ),
+            ErrorKind::DeserializeError { key, message, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("path: `{key}`: {message}"),
+            ),
+            ErrorKind::ParseError { expected_type, .. }
+            | ErrorKind::ParseErrorAtIndex { expected_type, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("path: a parameter must be a {expected_type}"),
+            ),
+            other => {
+                // Wrong number of parameters or an unsupported type: a bug of ours.
+                tracing::error!(error = %other, "path extraction failed");
+                return Err(ApiError::internal());
+            }
+        };
+        Err(ApiError::new(status, "invalid_path", message))
     }
 }
 
@@ -396,7 +475,7 @@ pub async fn get_tokens(
 pub async fn delete_token(
     State(svc): State<Service>,
     who: Principal,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<StatusCode, ApiError> {
     tokio::task::spawn_blocking(move || svc.revoke_token(&who, &id))
         .await
@@ -416,7 +495,7 @@ pub async fn get_periods(
 pub async fn post_release(
     State(svc): State<Service>,
     who: Principal,
-    Path(period): Path<String>,
+    AppPath(period): AppPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (state, releases) = svc.release_period(&who, &period).await?;
     let ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
