@@ -4,8 +4,11 @@
 //! Handlers extract, call the service, and serialise. Every rejection, including a malformed
 //! body, has the shape `{"error":{"code","message"}}`. Must not touch sled, opendp or ring.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -23,6 +26,13 @@ use crate::service::{
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
 /// any policy's tags and nothing for abuse.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// Longest a client may take to send a whole request body, from the first read to the last
+/// byte: 10 s. A body is at most [`BODY_LIMIT_BYTES`], which a phone on a poor line sends in
+/// well under a second; a client that dribbles it (slowloris on the body) is answered 408 and
+/// its connection closed, instead of holding it for hours. It bounds only the reading of the
+/// body, never the handler, so it cannot cut a tick between its write and its answer.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error response: status, stable snake_case code, and a sentence for people.
 #[derive(Debug)]
@@ -69,6 +79,18 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this address does not take that method",
+        )
+    }
+
+    /// The 408 for a body not received within [`BODY_READ_TIMEOUT`].
+    pub fn body_timeout() -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s; nothing was changed, send it again",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
         )
     }
 }
@@ -160,21 +182,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
+        // The whole body within BODY_READ_TIMEOUT. The router's per-read timeout layer has the
+        // same length and starts later, so for this extractor it never fires first.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state)).await;
+        let bytes = match read {
+            Err(_elapsed) => return Err(ApiError::body_timeout()),
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     format!("the body is larger than the {BODY_LIMIT_BYTES} bytes allowed"),
-                )
-            } else {
-                ApiError::new(
+                ));
+            }
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "unreadable_body",
                     "the request body could not be read",
-                )
+                ));
             }
-        })?;
+        };
         parse_json(&bytes).map(AppJson)
     }
 }
@@ -231,6 +259,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        check_query_utf8(parts.uri.query().unwrap_or(""))?;
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(v)| AppQuery(v))
             .map_err(|r| {
@@ -242,6 +271,83 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
                     format!("query: {text}"),
                 )
             })
+    }
+}
+
+/// Refuses a query string with a name or value that is not UTF-8 once percent-decoded (400
+/// `invalid_query`, naming the parameter). The form decoder would replace the bytes with U+FFFD
+/// and the request would go on with a value the client never sent.
+fn check_query_utf8(query: &str) -> Result<(), ApiError> {
+    let utf8 = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .is_ok()
+    };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let message = if !utf8(name) {
+            "query: a parameter name is not valid UTF-8 once percent-decoded".to_string()
+        } else if !utf8(value) {
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            format!("query: `{name}` is not valid UTF-8 once percent-decoded")
+        } else {
+            continue;
+        };
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            message,
+        ));
+    }
+    Ok(())
+}
+
+/// Typed path parameters whose rejections are [`ApiError`]s: 400 `invalid_path` for a
+/// parameter that is not UTF-8 once percent-decoded, 422 `invalid_path` for one of the wrong
+/// type, each naming the parameter. Axum's own rejection is plain text.
+pub struct AppPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AppPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+        let e = match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => return Ok(AppPath(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => e,
+            Err(e) => {
+                // A route without the parameters its handler expects: a bug of ours.
+                tracing::error!(error = %e, "path extraction failed");
+                return Err(ApiError::internal());
+            }
+        };
+        let (status, message) = match e.into_kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => (
+                StatusCode::BAD_REQUEST,
+                format!("path: `{key}` is not valid UTF-8 once percent-decoded"),
+            ),
+            ErrorKind::ParseErrorAtKey {
+                key, expected_type, ..
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("path: `{key}` must be a {expected_type}"),
+            ),
+            ErrorKind::DeserializeError { key, message, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("path: `{key}`: {message}"),
+            ),
+            ErrorKind::ParseError { expected_type, .. }
+            | ErrorKind::ParseErrorAtIndex { expected_type, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("path: a parameter must be a {expected_type}"),
+            ),
+            other => {
+                // Wrong number of parameters or an unsupported type: a bug of ours.
+                tracing::error!(error = %other, "path extraction failed");
+                return Err(ApiError::internal());
+            }
+        };
+        Err(ApiError::new(status, "invalid_path", message))
     }
 }
 
@@ -435,7 +541,7 @@ pub async fn get_tokens(
 pub async fn delete_token(
     State(svc): State<Service>,
     who: Principal,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<StatusCode, ApiError> {
     tokio::task::spawn_blocking(move || svc.revoke_token(&who, &id))
         .await
@@ -455,7 +561,7 @@ pub async fn get_periods(
 pub async fn post_release(
     State(svc): State<Service>,
     who: Principal,
-    Path(period): Path<String>,
+    AppPath(period): AppPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (state, releases) = svc.release_period(&who, &period).await?;
     let ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();

@@ -341,7 +341,9 @@ fn serve(
         }
     }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
+        // Signal handlers first, so a SIGTERM right after the banner shuts down gracefully.
+        let shutdown = server::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -353,10 +355,14 @@ fn serve(
             data.display(),
             svc.policy().source
         );
-        server::run(listener, svc, server::shutdown_signal())
+        server::run(listener, svc, shutdown)
             .await
             .context("serving")
-    })
+    });
+    // Blocking work still running (a release being drawn) gets a bounded wait, so the process
+    // exits within the 10 s promised after SIGTERM.
+    rt.shutdown_timeout(server::RUNTIME_SHUTDOWN);
+    served
 }
 
 fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
@@ -386,6 +392,7 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
+        let shutdown = server::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
         println!("Building the demo: {} months of simulated contacts, released with OpenDP noise...", tellestrek::demo::HISTORY_MONTHS);
@@ -404,7 +411,7 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
         println!("  curl -H 'Authorization: Bearer {researcher}' 'http://{addr}/api/v1/releases?format=csv' -o releases.csv");
         println!("  curl -H 'Authorization: Bearer {researcher}' http://{addr}/api/v1/budget\n");
         println!("Tellestrek demo listening on http://{addr} (Ctrl-C to stop)");
-        server::run(listener, demo.svc, server::shutdown_signal()).await.context("serving")
+        server::run(listener, demo.svc, shutdown).await.context("serving")
     })
 }
 

@@ -1,5 +1,6 @@
 //! The integration test binary: one module per area, shared fixtures in `helpers`.
 
+mod connections;
 mod crash;
 mod demo;
 mod faults;
