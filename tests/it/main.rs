@@ -3,6 +3,7 @@
 mod crash;
 mod demo;
 mod helpers;
+mod numbers;
 mod releases;
 mod scan;
 mod serve;
