@@ -615,3 +615,49 @@ pub fn render(policy: &crate::policy::Policy, findings: &[Finding]) -> String {
     }
     out
 }
+
+/// What the releases have spent of the privacy budget, per organisation, for people: the
+/// most any base period carries against the budget, and the most any 365 days carry against
+/// the rolling-year cap, as `GET /api/v1/budget` reports them, with figures rounded by
+/// [`crate::plan::privacy_figure`]. Reads the ledger only.
+pub fn privacy_summary(svc: &Service) -> Result<String, ServiceError> {
+    let p = svc.policy();
+    let fig = crate::plan::privacy_figure;
+    let measure = p.privacy.mechanism.measure();
+    // The demo reads as a researcher would: every organisation's ledger.
+    let reader = Principal {
+        token_id: "demo".into(),
+        role: crate::domain::Role::Researcher,
+        org: None,
+    };
+    let budget = svc.budget(&reader)?;
+    let mut out = format!(
+        "Privacy spent ({measure}, budget {} per {}, rolling-year cap {}):\n",
+        fig(p.privacy.budget),
+        match p.privacy.unit {
+            crate::policy::PrivacyUnit::Contact => "contact",
+            crate::policy::PrivacyUnit::Supporter => "supporter and rolling year",
+        },
+        fig(p.privacy.rolling_year_cap)
+    );
+    for o in budget["orgs"].as_array().into_iter().flatten() {
+        let most_period = o["periods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["spent"].as_f64())
+            .fold(0.0, f64::max);
+        let year = o["rolling_year"]["most_spent"].as_f64().unwrap_or(0.0);
+        let name = o["org"]
+            .as_str()
+            .and_then(|id| p.org(id))
+            .map_or(String::new(), |org| org.name.clone());
+        out.push_str(&format!(
+            "  {name}: at most {} on any {}, {} on any 365 days\n",
+            fig(most_period),
+            p.granularity.as_str(),
+            fig(year)
+        ));
+    }
+    Ok(out)
+}

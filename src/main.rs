@@ -205,6 +205,7 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
         println!("{}", tellestrek::demo::unit_table(&demo.svc, "helse-vestfjord")?);
         let findings = tellestrek::demo::story(&demo.svc)?;
         println!("{}", tellestrek::demo::render(demo.svc.policy(), &findings));
+        println!("{}", tellestrek::demo::privacy_summary(&demo.svc)?);
         println!("Tokens, one per role (use as `Authorization: Bearer TOKEN`):");
         for (role, org, token) in &demo.tokens {
             let scope = org.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();

@@ -395,4 +395,18 @@ async fn with_zero_noise_the_demo_tells_the_story_it_was_built_for() {
     );
     assert_eq!(told.len(), 4, "{text}");
     assert!(told[3].starts_with("trend vikafjord-kommune"), "{text}");
+
+    // The privacy figures it prints are rounded for people: three significant digits.
+    let privacy = demo::privacy_summary(&d.svc).unwrap();
+    assert!(
+        privacy.contains("at most 1.85 on any month, 12.6 on any 365 days"),
+        "{privacy}"
+    );
+    for word in privacy.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        let digits = word.trim_matches('.').replace('.', "");
+        assert!(
+            digits.trim_start_matches('0').len() <= 3,
+            "{word} in {privacy}"
+        );
+    }
 }
