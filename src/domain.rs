@@ -447,8 +447,14 @@ pub struct ReleaseCell {
     pub noisy: i64,
     /// The post-processed count: non-negative, integer, consistent with the period's total.
     pub estimate: u64,
-    /// 95% interval for the true count around `noisy`.
+    /// 95% interval for the true count around the estimate: it always contains `estimate`,
+    /// never goes below 0, and covers the true count 95% of the time (see `release`, step 3).
     pub ci: [i64; 2],
+    /// 95% interval for the true count around `noisy` (`noisy ± h`, h from OpenDP's accuracy
+    /// helper; at least 95%). For researchers who work with the unbiased values; `[0, 0]` in
+    /// releases drawn before it was recorded.
+    #[serde(default)]
+    pub noisy_ci: [i64; 2],
     /// Whether `estimate` is below the policy's display threshold (decided on noisy values).
     pub suppressed: bool,
 }
@@ -484,7 +490,7 @@ pub struct Release {
     pub scale: f64,
     /// Noise scale of cells of sensitive values, if any.
     pub sensitive_scale: Option<f64>,
-    /// Confidence level of `ci` (0.95).
+    /// Confidence level of `ci` and `noisy_ci` (0.95).
     pub confidence: f64,
     /// Estimates below this are suppressed for display.
     pub suppress_below: u32,

@@ -400,7 +400,9 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
         println!("Data directory: {}  ({} releases drawn, {} periods purged of raw data)\n", dir.display(), demo.report.drawn.len(), demo.report.purged.len());
         println!("Released contacts per unit and quarter, Helse Vestfjord HF (noisy estimates):");
         println!("{}", tellestrek::demo::unit_table(&demo.svc, "helse-vestfjord")?);
-        println!("The spike: {} after a serious event {} months ago. No uptake: {}.\n", tellestrek::demo::SPIKE_UNIT.1, tellestrek::demo::SPIKE_MONTHS_AGO, tellestrek::demo::SILENT_UNIT.1);
+        let findings = tellestrek::demo::story(&demo.svc)?;
+        println!("{}", tellestrek::demo::render(demo.svc.policy(), &findings));
+        println!("{}", tellestrek::demo::privacy_summary(&demo.svc)?);
         println!("Tokens, one per role (use as `Authorization: Bearer TOKEN`):");
         for (role, org, token) in &demo.tokens {
             let scope = org.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();

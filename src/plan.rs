@@ -8,6 +8,28 @@ use std::fmt::Write;
 use crate::dp;
 use crate::policy::{MarginalKind, Policy, PrivacyUnit};
 
+/// A privacy figure (ε, ρ, or a factor made from them) for people: three significant digits,
+/// trailing zeros dropped (`0.7`, not `0.6999999993`; `13.2`; `2`; `0.0175`). Every figure the
+/// CLI, the demo and the README show to people goes through here; JSON keeps OpenDP's exact
+/// value. Not for values that are compared or summed again: rounding is for reading only.
+pub fn privacy_figure(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    let text = if magnitude >= 2 {
+        let unit = 10f64.powi(magnitude - 2);
+        format!("{:.0}", (x / unit).round() * unit)
+    } else {
+        format!("{:.*}", (2 - magnitude) as usize, x)
+    };
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 /// The plan of `policy` as plain text: periods, caps, each marginal with its cadence, spend and
 /// expected 95% error, and what protects one contact or supporter. Fails only if OpenDP cannot
 /// calibrate a marginal.
@@ -41,7 +63,7 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         "  privacy unit: {}; mechanism: {}; budget: {measure} = {}",
         p.privacy.unit.as_str(),
         p.privacy.mechanism.as_str(),
-        p.privacy.budget
+        privacy_figure(p.privacy.budget)
     );
     let _ = writeln!(
         out,
@@ -73,11 +95,11 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         };
         let _ = writeln!(
             out,
-            "  {:<16} every {:<7} ±{:<4} {unit:<18} {measure} {:.3} per release (OpenDP), sensitivity {}; {what}",
+            "  {:<16} every {:<7} ±{:<4} {unit:<18} {measure} {} per release (OpenDP), sensitivity {}; {what}",
             m.id,
             m.cadence.as_str(),
             cal.ci_half_width,
-            cal.spend,
+            privacy_figure(cal.spend),
             p.sensitivity(m)
         );
         let sensitive = matches!(&m.kind, MarginalKind::Contacts(axes) if axes.iter().any(|a| matches!(a, crate::policy::Axis::Dim(i) if p.dimensions[*i].values.iter().any(|v| v.sensitive))));
@@ -90,8 +112,10 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
             )?;
             let _ = writeln!(
                 out,
-                "  {:<16}               ±{:<4} for sensitive values ({measure} {:.3}: stronger protection)",
-                "", s.ci_half_width, s.spend
+                "  {:<16}               ±{:<4} for sensitive values ({measure} {}: stronger protection)",
+                "",
+                s.ci_half_width,
+                privacy_figure(s.spend)
             );
         }
     }
@@ -102,35 +126,39 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         (PrivacyUnit::Contact, "epsilon") => {
             let _ = writeln!(
                 out,
-                "One contact is protected at epsilon = {spend:.3}: the sum over every release that includes it (disjoint periods compose in parallel); a person with {k} conversations at {:.3} (group privacy).",
-                spend * f64::from(k)
+                "One contact is protected at epsilon = {}: the sum over every release that includes it (disjoint periods compose in parallel); a person with {k} conversations at {} (group privacy).",
+                privacy_figure(spend),
+                privacy_figure(spend * f64::from(k))
             );
             let _ = writeln!(
                 out,
-                "In plain words: whatever else is known, all releases together make it at most {:.1} times more (or less) likely that any one conversation was logged than if it had not been.",
-                spend.exp()
+                "In plain words: whatever else is known, all releases together make it at most {} times more (or less) likely that any one conversation was logged than if it had not been.",
+                privacy_figure(spend.exp())
             );
             let _ = writeln!(
                 out,
-                "A person with a conversation every {} for a year is protected at {} x {spend:.3} = {:.2} (group privacy); the ledger refuses any release that would take what the releases covering any 365 days spend past the rolling-year cap of {}.",
+                "A person with a conversation every {} for a year is protected at {} x {} = {} (group privacy); the ledger refuses any release that would take what the releases covering any 365 days spend past the rolling-year cap of {}.",
                 p.granularity.as_str(),
                 p.granularity.per_year(),
-                spend * f64::from(p.granularity.per_year()),
-                p.privacy.rolling_year_cap
+                privacy_figure(spend),
+                privacy_figure(spend * f64::from(p.granularity.per_year())),
+                privacy_figure(p.privacy.rolling_year_cap)
             );
         }
         (PrivacyUnit::Contact, _) => {
             let _ = writeln!(
                 out,
-                "One contact is protected at rho = {spend:.3} (zCDP), summed over every release that includes it (about epsilon = {:.2} at delta = 1e-6); a person with {k} conversations at rho = {:.3}.",
-                dp::zcdp_epsilon(spend, 1e-6),
-                spend * f64::from(k * k)
+                "One contact is protected at rho = {} (zCDP), summed over every release that includes it (about epsilon = {} at delta = 1e-6); a person with {k} conversations at rho = {}.",
+                privacy_figure(spend),
+                privacy_figure(dp::zcdp_epsilon(spend, 1e-6)),
+                privacy_figure(spend * f64::from(k * k))
             );
         }
         (PrivacyUnit::Supporter, m) => {
             let _ = writeln!(
                 out,
-                "One supporter active all year is protected at {m} = {spend:.3} per rolling year, whatever they log (their ticks are capped at {} per {}).",
+                "One supporter active all year is protected at {m} = {} per rolling year, whatever they log (their ticks are capped at {} per {}).",
+                privacy_figure(spend),
                 p.max_ticks_per_supporter_period,
                 p.granularity.as_str()
             );
@@ -141,10 +169,13 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
             };
             let _ = writeln!(
                 out,
-                "In plain words: all releases of a year together make anything about one supporter's activity at most {:.1} times more (or less) likely than without them{}.",
-                eps.exp(),
+                "In plain words: all releases of a year together make anything about one supporter's activity at most {} times more (or less) likely than without them{}.",
+                privacy_figure(eps.exp()),
                 if m == "rho" {
-                    format!(" (epsilon about {eps:.2}, except with probability 1e-6)")
+                    format!(
+                        " (epsilon about {}, except with probability 1e-6)",
+                        privacy_figure(eps)
+                    )
                 } else {
                     String::new()
                 }
@@ -152,4 +183,46 @@ pub fn describe(policy: &Policy) -> Result<String, dp::DpError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privacy_figures_are_rounded_to_three_significant_digits_for_people() {
+        for (x, shown) in [
+            (0.6999999993, "0.7"),
+            (0.7000000001, "0.7"),
+            (2.0, "2"),
+            (13.2, "13.2"),
+            (14.0, "14"),
+            (1.85, "1.85"),
+            (5.5499999, "5.55"),
+            (22.2000001, "22.2"),
+            (0.017499999, "0.0175"),
+            (0.15, "0.15"),
+            (6.359819, "6.36"),
+            (316.227766, "316"),
+            (1234.5, "1230"),
+            (9.9996, "10"),
+            (0.0, "0"),
+            (-0.123456, "-0.123"),
+        ] {
+            assert_eq!(privacy_figure(x), shown, "{x}");
+        }
+    }
+
+    #[test]
+    fn the_plan_shows_no_float_noise() {
+        let text = describe(&Policy::builtin()).unwrap();
+        assert!(text.contains("epsilon 0.7 per release"), "{text}");
+        assert!(text.contains("epsilon = 1.85"), "{text}");
+        // No figure with more than three significant digits.
+        let long = text
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|w| w.contains('.'))
+            .find(|w| w.trim_matches('0').trim_matches('.').replace('.', "").len() > 3);
+        assert!(long.is_none(), "{long:?} in {text}");
+    }
 }

@@ -2,6 +2,7 @@
 //! offline verification. Reads never draw noise.
 
 use super::*;
+use crate::policy::MarginalKind;
 
 /// Which releases a reader asks for.
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +51,28 @@ impl Service {
         }
     }
 
+    /// Whether the caller may read supporter-load releases, checked against a requested
+    /// marginal. Load releases are the scheme coordinator's (own organisation), and admins' and
+    /// researchers', who read every release; leaders read contacts only, so a leader asking for
+    /// a load marginal by name is refused rather than handed an empty list.
+    pub(crate) fn load_scope(
+        &self,
+        who: &Principal,
+        marginal: Option<&str>,
+    ) -> Result<bool, ServiceError> {
+        let may = who.role != Role::Leader;
+        let asks_load = marginal
+            .and_then(|m| self.policy.marginal(m))
+            .is_some_and(|m| matches!(m.kind, MarginalKind::SupporterLoad));
+        if asks_load && !may {
+            return Err(ServiceError::WrongRole {
+                role: who.role.as_str(),
+                needed: "a coordinator, researcher or admin token to read a supporter-load marginal: load releases are for the scheme's coordinator, not for leaders",
+            });
+        }
+        Ok(may)
+    }
+
     /// Stored releases the caller may read, filtered. Reads never draw noise.
     pub fn releases(
         &self,
@@ -57,6 +80,7 @@ impl Service {
         filter: &ReleaseFilter,
     ) -> Result<Vec<Release>, ServiceError> {
         let org = self.read_scope(who, filter.org.as_deref())?;
+        let load = self.load_scope(who, filter.marginal.as_deref())?;
         let period = match &filter.period {
             Some(t) => Some(t.parse::<Period>().map_err(ServiceError::InvalidPeriod)?),
             None => None,
@@ -78,10 +102,16 @@ impl Service {
             .into_iter()
             .filter(|r| org.as_ref().is_none_or(|o| &r.org == o))
             .filter(|r| filter.marginal.as_ref().is_none_or(|m| &r.marginal == m))
+            .filter(|r| load || r.kind != "supporter_load")
             .collect())
     }
 
-    /// The privacy ledger the caller may read, with what each organisation has spent.
+    /// The privacy ledger the caller may read, with what each organisation has spent and has
+    /// left, in the policy's measure (ε or ρ): per base period, `spent` on the releases covering
+    /// it and `remaining` = budget − spent (the limit under the `contact` unit; under `supporter`
+    /// the rolling year binds first); per organisation, `rolling_year`: the most its releases
+    /// overlapping any 365 days spend together, against the rolling-year cap. JSON keeps
+    /// OpenDP's exact values.
     pub fn budget(&self, who: &Principal) -> Result<serde_json::Value, ServiceError> {
         let org = self.read_scope(who, None)?;
         let p = &*self.policy;
@@ -97,18 +127,46 @@ impl Service {
                 *per_base.entry((e.org.as_str(), *b)).or_default() += e.spend;
             }
         }
+        // Organisations of the file, and those that left it but still have releases.
+        let mut ids: Vec<&str> = p.orgs.iter().map(|o| o.id.as_str()).collect();
+        for (oid, _) in per_base.keys() {
+            if !ids.contains(oid) {
+                ids.push(oid);
+            }
+        }
         let mut orgs = Vec::new();
-        for o in p
-            .orgs
-            .iter()
-            .filter(|o| org.as_ref().is_none_or(|x| x == &o.id))
+        for id in ids
+            .into_iter()
+            .filter(|id| org.as_deref().is_none_or(|x| x == *id))
         {
             let periods: Vec<serde_json::Value> = per_base
                 .iter()
-                .filter(|((oid, _), _)| *oid == o.id)
-                .map(|((_, b), spent)| serde_json::json!({"period": b, "spent": spent}))
+                .filter(|((oid, _), _)| *oid == id)
+                .map(|((_, b), spent)| {
+                    // The budget of the policy the period was collected under, or the file's
+                    // if stricter: what the release job checks against.
+                    let budget = self
+                        .policy_at(*b)
+                        .map_or(p.privacy.budget, |r| r.privacy.budget)
+                        .min(p.privacy.budget);
+                    serde_json::json!({
+                        "period": b,
+                        "budget": budget,
+                        "spent": spent,
+                        "remaining": (budget - spent).max(0.0),
+                    })
+                })
                 .collect();
-            orgs.push(serde_json::json!({"org": o.id, "periods": periods}));
+            let most = most_spent_in_a_year(entries.iter().filter(|e| e.org == id));
+            orgs.push(serde_json::json!({
+                "org": id,
+                "periods": periods,
+                "rolling_year": {
+                    "cap": p.privacy.rolling_year_cap,
+                    "most_spent": most,
+                    "remaining": (p.privacy.rolling_year_cap - most).max(0.0),
+                },
+            }));
         }
         Ok(serde_json::json!({
             "measure": p.privacy.mechanism.measure(),
@@ -150,6 +208,29 @@ impl Service {
     pub fn sign_bytes(&self, bytes: &[u8]) -> String {
         self.signing.sign(bytes)
     }
+}
+
+/// The most that `entries` spend together on releases overlapping any one 365-day window
+/// (the figure the rolling-year cap limits). A release counts in every window that overlaps the
+/// base periods it covers; the fullest window starts 364 days before some release's first day,
+/// so those starts are the only ones to try.
+fn most_spent_in_a_year<'a>(entries: impl Iterator<Item = &'a LedgerEntry> + Clone) -> f64 {
+    let span = |covers: &[Period]| -> Option<(Date, Date)> {
+        Some((covers.first()?.start(), covers.last()?.end()))
+    };
+    let year = Duration::days(365);
+    entries
+        .clone()
+        .filter_map(|e| span(&e.covers))
+        .map(|(s, _)| s - year + Duration::days(1))
+        .map(|a| {
+            entries
+                .clone()
+                .filter(|e| span(&e.covers).is_some_and(|(s, end)| a + year > s && a < end))
+                .map(|e| e.spend)
+                .sum::<f64>()
+        })
+        .fold(0.0, f64::max)
 }
 
 /// The canonical text of a JSON value: serde_json's `Value` keeps object keys sorted, and

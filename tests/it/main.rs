@@ -5,6 +5,7 @@ mod crash;
 mod demo;
 mod faults;
 mod helpers;
+mod numbers;
 mod policy_edits;
 mod releases;
 mod scan;

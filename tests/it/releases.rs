@@ -158,7 +158,9 @@ async fn with_zero_noise_releases_count_exactly_over_the_full_domain() {
             );
         }
         for c in &r.cells {
-            assert!(c.ci[0] <= c.noisy && c.noisy <= c.ci[1]);
+            assert!(c.noisy_ci[0] <= c.noisy && c.noisy <= c.noisy_ci[1]);
+            let est = c.estimate as i64;
+            assert!(0 <= c.ci[0] && c.ci[0] <= est && est <= c.ci[1]);
             assert_eq!(c.suppressed, c.estimate < 3);
         }
         assert!(r.epsilon.unwrap() > 0.0 && r.rho.is_none());
@@ -210,7 +212,7 @@ async fn with_real_noise_estimates_are_consistent_non_negative_integers() {
             );
         }
         for c in &r.cells {
-            assert_eq!(c.ci[1] - c.noisy, c.noisy - c.ci[0]);
+            assert_eq!(c.noisy_ci[1] - c.noisy, c.noisy - c.noisy_ci[0]);
         }
     }
 }
