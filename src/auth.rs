@@ -87,6 +87,30 @@ impl fmt::Debug for Token {
 pub struct ServerKey(hmac::Key);
 
 impl ServerKey {
+    /// The key of one period's pseudonyms: derived from the period's stored secret *and* this
+    /// key, so that a copy of the data directory without the server key (kept in a key file)
+    /// cannot link a supporter's counter to their token, and once the period's secret is
+    /// deleted nobody can, with or without the key.
+    pub fn period_secret(&self, stored: &[u8]) -> Result<PeriodSecret, AuthError> {
+        if stored.len() != SECRET_LEN {
+            return Err(AuthError::BadKey("period secret must be 32 bytes"));
+        }
+        let mut message = b"tellestrek period secret\0".to_vec();
+        message.extend_from_slice(stored);
+        let tag = hmac::sign(&self.0, &message);
+        PeriodSecret::from_bytes(tag.as_ref())
+    }
+
+    /// A fingerprint of the key (an HMAC of a fixed label), stored in a data directory whose
+    /// key is kept outside it, to tell the right key file from a wrong one. Reveals nothing of
+    /// the key.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let tag = hmac::sign(&self.0, b"tellestrek server key fingerprint");
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// Builds the key from its stored bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<ServerKey, AuthError> {
         if bytes.len() != SECRET_LEN {

@@ -58,6 +58,31 @@ enum Command {
             value_parser = parse_listen
         )]
         listen: SocketAddr,
+        /// Where the first admin token is written (a new file, mode 0600) when the data
+        /// directory is new and TELLESTREK_ADMIN_TOKEN is not set; default DIR.admin-token
+        /// beside the data directory. It is never printed or logged.
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
+        /// The server key (32 random bytes) kept outside the data directory, so a copy of the
+        /// data directory alone cannot link supporters' counters to their tokens nor test
+        /// guessed tokens. Default: $CREDENTIALS_DIRECTORY/server-key under systemd's
+        /// LoadCredential, else a key kept in the data directory. Create one with
+        /// `head -c 32 /dev/urandom > FILE; chmod 600 FILE`.
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_KEY_FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Create a new admin token in a data directory, for an operator who has lost every admin
+    /// token. Run it with the server stopped; the token goes to a new file (mode 0600).
+    AdminToken {
+        /// The data directory.
+        #[arg(long, value_name = "DIR", env = "TELLESTREK_DATA")]
+        data: PathBuf,
+        /// Where to write the new token (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The server key file, if the data directory was created with one.
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_KEY_FILE")]
+        key_file: Option<PathBuf>,
     },
     /// Start a demo: a fresh data directory with 20 months of simulated, released history,
     /// and a token for each role.
@@ -211,6 +236,9 @@ fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
 }
 
 fn main() -> ExitCode {
+    // Everything this process creates (the data directory, its files, token files) is for the
+    // service's user alone: directories 0700, files 0600.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let spec = std::env::var(tellestrek::logging::LOG_ENV).ok();
     let filter = match tellestrek::logging::filter(spec.as_deref()) {
         Ok(f) => f,
@@ -239,6 +267,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             policy,
             listen,
+            admin_token_file,
+            key_file,
         } => {
             let Some(policy) = policy else {
                 anyhow::bail!(
@@ -249,8 +279,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             };
             let policy = Policy::from_path(&policy)?;
+            let key = read_key_file(key_file.as_deref())?;
+            let token_file = admin_token_file.unwrap_or_else(|| default_token_file(&data));
             let mut fresh = FreshDir::note(&data);
-            serve(data, policy, listen, &mut fresh)
+            serve(data, policy, listen, &mut fresh, &token_file, key)
+        }
+        Command::AdminToken {
+            data,
+            out,
+            key_file,
+        } => {
+            let key = read_key_file(key_file.as_deref())?;
+            let token =
+                tellestrek::service::recover_admin(&data, key.as_deref()).with_context(|| {
+                    format!(
+                        "creating an admin token in {} (is the server stopped?)",
+                        data.display()
+                    )
+                })?;
+            write_secret_file(&out, token.expose())?;
+            println!(
+                "Created a new admin token in {}. It is in {} (mode 0600); revoke the old ones you no longer trust.",
+                data.display(),
+                out.display()
+            );
+            Ok(())
         }
         Command::Demo { listen, data } => demo(listen, data),
         Command::Verify { export, public_key } => {
@@ -318,25 +371,92 @@ fn policy_against(dir: &std::path::Path, policy: &Policy) -> anyhow::Result<Stri
     Ok(out)
 }
 
+/// The file the first admin token goes to by default: beside the data directory, not in it,
+/// so that no copy or backup of the data directory carries a token in clear text.
+fn default_token_file(data: &std::path::Path) -> PathBuf {
+    let mut name = data
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "tellestrek-data".into());
+    name.push(".admin-token");
+    data.with_file_name(name)
+}
+
+/// The name of the server key among systemd's credentials (`LoadCredential=server-key:PATH`).
+const KEY_CREDENTIAL: &str = "server-key";
+
+/// Reads the server key: the given file, else systemd's credential if there is one, else none
+/// (the data directory keeps its own).
+fn read_key_file(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(d) if std::path::Path::new(&d).join(KEY_CREDENTIAL).exists() => {
+                std::path::Path::new(&d).join(KEY_CREDENTIAL)
+            }
+            _ => return Ok(None),
+        },
+    };
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading the key file {}; create one with: head -c 32 /dev/urandom > {0}; chmod 600 {0}",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        bytes.len() == tellestrek::auth::SECRET_LEN,
+        "the key file {} holds {} bytes; it must hold exactly {} random bytes (head -c 32 /dev/urandom)",
+        path.display(),
+        bytes.len(),
+        tellestrek::auth::SECRET_LEN
+    );
+    Ok(Some(bytes))
+}
+
+/// Writes a secret to a new file readable by this user only; never over an existing file.
+fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
 fn serve(
     data: PathBuf,
     policy: Policy,
     listen: SocketAddr,
     fresh: &mut FreshDir,
+    token_file: &std::path::Path,
+    key: Option<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn clock::Clock> = Arc::from(clock::from_env().map_err(anyhow::Error::msg)?);
     let admin = std::env::var("TELLESTREK_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let (svc, created) = Service::open(&data, policy, clock, admin.as_deref())
-        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let (svc, created) =
+        Service::open_with_key(&data, policy, clock, admin.as_deref(), key.as_deref())
+            .with_context(|| format!("opening data directory {}", data.display()))?;
     if let Some(token) = created {
         if admin.is_some() {
             println!("Created the admin token from TELLESTREK_ADMIN_TOKEN.");
         } else {
+            // Never to standard output or the log (the journal keeps both): to a 0600 file.
+            write_secret_file(token_file, token.expose()).with_context(|| {
+                format!(
+                    "the admin token was created but could not be written; stop the server and run: tellestrek admin-token --data {} --out FILE",
+                    data.display()
+                )
+            })?;
             println!(
-                "Created the admin token. It is shown only this once; store it now:\n\n    {}\n",
-                token.expose()
+                "Created the first admin token in {} (mode 0600). Read it, keep it somewhere safe, then delete the file.",
+                token_file.display()
             );
         }
     }

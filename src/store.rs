@@ -235,6 +235,7 @@ impl Store {
     /// Opens (or creates) the data directory `dir` and starts the flush thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
+        restrict(dir)?;
         let main = Handle::open(dir.join("db"), None)?;
         let db = &main.db;
         let raw_dir = dir.join("raw");
@@ -767,6 +768,11 @@ impl Store {
         Ok(())
     }
 
+    /// A value in `meta`, as stored.
+    pub fn meta_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(name)?.map(|v| v.to_vec()))
+    }
+
     /// A small text value in `meta` (the first period the service collected, for instance).
     pub fn meta_text(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -808,6 +814,26 @@ pub fn write_regimes(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     tmp.persist(dir.join(REGIMES_FILE))
         .map_err(|e| StoreError::Io(e.error))?;
     File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Makes `dir` and everything in it readable by the service's user only (directories 0700,
+/// files 0600): raw counts and keys are in there. The binary also sets its umask to 077, so
+/// files created later are born that way.
+fn restrict(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(dir)? {
+            restrict(&entry?.path())?;
+        }
+    } else {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o600))?;
+    }
     Ok(())
 }
 

@@ -151,7 +151,10 @@ impl Service {
             }
         }
         crate::fault::point("lifecycle:closed");
-        for batch in self.due_batches()? {
+        let due = self.due_batches()?;
+        // Batches and periods are policy-level facts, never counts of ticks.
+        tracing::debug!(batches_due = due.len(), periods = bases.len(), "lifecycle job");
+        for batch in due {
             match self.draw_and_commit(&batch) {
                 Ok(ids) => report.drawn.extend(ids),
                 Err(ServiceError::BudgetExceeded { release, detail }) => {

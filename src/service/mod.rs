@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::{Date, Duration};
 
-use crate::auth::{self, AuthError, PeriodSecret, ServerKey, SigningKey, Token};
+use crate::auth::{self, AuthError, ServerKey, SigningKey, Token};
 use crate::clock::Clock;
 use crate::domain::{
     CellKey, LedgerEntry, Period, PeriodState, Release, Role, TagSet, TokenRecord,
@@ -162,6 +162,9 @@ pub struct Service {
     noise: Arc<dyn NoiseSource>,
     /// Serialises the lifecycle job: one release drawn at a time, budgets read consistently.
     release_lock: Arc<Mutex<()>>,
+    /// Serialises revocations, so the check "another admin remains" and the revocation are one
+    /// step (the store is this process's alone).
+    token_lock: Arc<Mutex<()>>,
 }
 
 impl Service {
@@ -174,11 +177,21 @@ impl Service {
         clock: Arc<dyn Clock>,
         admin_token: Option<&str>,
     ) -> Result<(Service, Option<Token>), ServiceError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        Service::open_with_key(dir, policy, clock, admin_token, None)
+    }
+
+    /// [`Service::open`] with the server key kept outside the data directory (`key`: the 32
+    /// bytes of the key file), or inside it (`None`). A data directory stays with the choice it
+    /// was created with; a key file that does not match it is refused.
+    pub fn open_with_key(
+        dir: &Path,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        admin_token: Option<&str>,
+        key: Option<&[u8]>,
+    ) -> Result<(Service, Option<Token>), ServiceError> {
         let store = Store::open(dir)?;
-        let (key, _) = store.meta_get_or_create("server_key", fresh_secret)?;
-        let server_key = ServerKey::from_bytes(&key)?;
+        let server_key = server_key(&store, key)?;
         let (pkcs8, _) = store.meta_get_or_create("signing_key", || {
             SigningKey::generate()
                 .map(|(_, doc)| doc)
@@ -199,6 +212,7 @@ impl Service {
             signing,
             noise: Arc::new(OpenDpNoise),
             release_lock: Arc::new(Mutex::new(())),
+            token_lock: Arc::new(Mutex::new(())),
         };
         let mut created = None;
         if service.store.tokens()?.is_empty() {
@@ -346,6 +360,81 @@ fn not_stored_message(detail: &StoreError, certain: bool) -> String {
             "{why}; the contact may or may not have been stored. Send it again later with the same Idempotency-Key, and it is counted once"
         )
     }
+}
+
+/// The meta key of the server key, when the data directory keeps it.
+const SERVER_KEY: &str = "server_key";
+/// The meta key of the fingerprint of a server key kept outside the data directory.
+const KEY_FINGERPRINT: &str = "server_key_fingerprint";
+
+/// The server key: from the key file (checked against the fingerprint the data directory
+/// recorded when it was created with it), or from the data directory.
+fn server_key(store: &Store, external: Option<&[u8]>) -> Result<ServerKey, ServiceError> {
+    let refuse = |code: &'static str, message: &str| ServiceError::InvalidField {
+        field: "--key-file",
+        code,
+        message: message.to_string(),
+    };
+    match external {
+        Some(bytes) => {
+            let key = ServerKey::from_bytes(bytes)?;
+            if store.meta_bytes(SERVER_KEY)?.is_some() {
+                return Err(refuse(
+                    "key_in_data_dir",
+                    "this data directory keeps its own server key (it was created without a key file); start it without --key-file",
+                ));
+            }
+            let fingerprint = key.fingerprint();
+            let (stored, _) =
+                store.meta_get_or_create(KEY_FINGERPRINT, || Ok(fingerprint.to_vec()))?;
+            if stored != fingerprint {
+                return Err(refuse(
+                    "wrong_key_file",
+                    "the key file does not match this data directory; use the key file it was created with",
+                ));
+            }
+            Ok(key)
+        }
+        None => {
+            if store.meta_bytes(KEY_FINGERPRINT)?.is_some() {
+                return Err(refuse(
+                    "key_file_needed",
+                    "this data directory's server key is kept outside it: start with --key-file FILE (or systemd's LoadCredential)",
+                ));
+            }
+            let (bytes, _) = store.meta_get_or_create(SERVER_KEY, fresh_secret)?;
+            Ok(ServerKey::from_bytes(&bytes)?)
+        }
+    }
+}
+
+/// Creates a new admin token in the data directory `dir` (the server must be stopped: the store
+/// is locked while it runs), for an operator who has lost every admin token.
+pub fn recover_admin(dir: &Path, key: Option<&[u8]>) -> Result<Token, ServiceError> {
+    if !dir.join("db").exists() {
+        return Err(ServiceError::InvalidField {
+            field: "--data",
+            code: "no_data_dir",
+            message: format!("{} holds no Tellestrek data", dir.display()),
+        });
+    }
+    let store = Store::open(dir)?;
+    let server_key = server_key(&store, key)?;
+    let granularity = match store::read_regimes(dir)? {
+        Some(bytes) => Regimes::from_bytes(&bytes)?.granularity(),
+        None => crate::domain::Granularity::Month,
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let token = Token::generate()?;
+    let rec = TokenRecord {
+        id: auth::random_id()?,
+        role: Role::Admin,
+        org: None,
+        created: Period::containing(granularity, today),
+    };
+    store.put_token(&server_key.token_hash(&token), &rec)?;
+    store.flush()?;
+    Ok(token)
 }
 
 /// A new 256-bit secret for the store's get-or-create calls.

@@ -131,7 +131,10 @@ impl Service {
             });
         }
         let secret = self.store.period_secret(write.period, fresh_secret)?;
-        Ok(PeriodSecret::from_bytes(&secret)?.idempotency(&who.token_id, key))
+        Ok(self
+            .server_key
+            .period_secret(&secret)?
+            .idempotency(&who.token_id, key))
     }
 
     /// Validates a tick and prepares its write, in the order a person fixing the request would
@@ -201,7 +204,10 @@ impl Service {
         }
         let cap = policy.max_ticks_per_supporter_period;
         let secret = self.store.period_secret(period, fresh_secret)?;
-        let pseudonym = PeriodSecret::from_bytes(&secret)?.pseudonym(&who.token_id);
+        let pseudonym = self
+            .server_key
+            .period_secret(&secret)?
+            .pseudonym(&who.token_id);
         Ok(TickWrite {
             period,
             cell: CellKey {

@@ -134,6 +134,7 @@ impl Service {
             &[Role::Admin, Role::Coordinator],
             "an admin or coordinator token",
         )?;
+        let _one_at_a_time = self.token_lock.lock().unwrap_or_else(|p| p.into_inner());
         let rec = self
             .store
             .token_by_id(id)?

@@ -9,6 +9,7 @@ mod numbers;
 mod policy_edits;
 mod releases;
 mod scan;
+mod secrets;
 mod serve;
 mod start;
 mod statistics;

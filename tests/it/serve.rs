@@ -1,19 +1,25 @@
-//! The real binary: first start prints the admin token once, it works, and SIGTERM shuts down
-//! cleanly with the data kept.
+//! The real binary: first start writes the admin token to a file (never to the output), it
+//! works, and SIGTERM shuts down cleanly with the data kept.
 
 use crate::helpers::{Binary, client, remote_token};
 
 #[tokio::test]
-async fn first_start_prints_a_working_admin_token_once_and_sigterm_exits_cleanly() {
+async fn first_start_writes_a_working_admin_token_to_a_file_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Binary::serve(&data, None, None);
-    let token = server
-        .banner
-        .split_whitespace()
-        .find(|w| w.starts_with("tst_"))
-        .unwrap_or_else(|| panic!("no admin token in: {}", server.banner))
-        .to_string();
+    let file = dir.path().join("data.admin-token");
+    assert!(
+        server.banner.contains(&file.display().to_string()),
+        "{}",
+        server.banner
+    );
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(token.starts_with("tst_"));
+    assert!(
+        !server.banner.contains(&token),
+        "the token is never printed"
+    );
     let c = client();
     let sup = remote_token(
         &c,
