@@ -14,3 +14,4 @@ mod start;
 mod statistics;
 mod ticks;
 mod tokens;
+mod walkthrough;
