@@ -38,7 +38,7 @@ use time::{Duration, OffsetDateTime};
 mod story;
 pub use story::{Direction, Finding, TREND_MONTHS, privacy_summary, render, story};
 
-use crate::clock::FixedClock;
+use crate::clock::{Clock, FixedClock};
 use crate::domain::{Granularity, Period, TagSet};
 use crate::dp::NoiseSource;
 use crate::service::{
@@ -274,4 +274,77 @@ pub fn unit_table(svc: &Service, org: &str) -> Result<String, ServiceError> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// Quotes `text` for a POSIX shell: single quotes, with any single quote closed, escaped and
+/// reopened, so a path or token is taken literally by `source`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The demo's copy-paste environment, as `export` lines a reader can paste into a shell or
+/// `source` from the env file: `TELLESTREK_URL` (the address the demo listens on), a token per
+/// role (`ADMIN`, `COORDINATOR`, `LEADER`, `RESEARCHER`, `SUPPORTER`; the scoped ones for
+/// `ORG`, and `OTHER_LEADER` for `OTHER_ORG`), the periods the README's walk-through names
+/// (`PERIOD` the current one, `PREVIOUS_PERIOD`, `CLOSED_PERIOD` the newest that no longer takes
+/// ticks) and, with `bin_dir`, `PATH` with that directory first, so `tellestrek` is this build.
+///
+/// Tokens are printed because the demo holds only simulated data; a real server shows a token
+/// once, to the person who created it.
+pub fn env_lines(
+    demo: &Demo,
+    url: &str,
+    bin_dir: Option<&std::path::Path>,
+) -> Result<String, ServiceError> {
+    let org = demo
+        .tokens
+        .iter()
+        .find_map(|(_, o, _)| o.clone())
+        .unwrap_or_default();
+    let mut lines = vec![format!("export TELLESTREK_URL={}", shell_quote(url))];
+    for (role, scope, token) in &demo.tokens {
+        let name = match scope {
+            Some(o) if o != &org => format!("OTHER_{}", role.to_uppercase()),
+            _ => role.to_uppercase(),
+        };
+        lines.push(format!("export {name}={}", shell_quote(token)));
+    }
+    lines.push(format!("export ORG={}", shell_quote(&org)));
+    if let Some(other) = demo
+        .tokens
+        .iter()
+        .filter_map(|(_, o, _)| o.as_deref())
+        .find(|o| *o != org)
+    {
+        lines.push(format!("export OTHER_ORG={}", shell_quote(other)));
+    }
+    let svc = &demo.svc;
+    let current = Period::containing(svc.policy().granularity, demo.clock.today());
+    let mut closed = current;
+    while closed > svc.epoch()? && svc.period_state(closed)? == crate::domain::PeriodState::Open {
+        closed = closed.prev();
+    }
+    lines.push(format!("export PERIOD={current}"));
+    lines.push(format!("export PREVIOUS_PERIOD={}", current.prev()));
+    lines.push(format!("export CLOSED_PERIOD={closed}"));
+    if let Some(dir) = bin_dir {
+        lines.push(format!(
+            "export PATH={}\"${{PATH:+:$PATH}}\"",
+            shell_quote(&dir.display().to_string())
+        ));
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quoting_keeps_a_single_quote_literal() {
+        assert_eq!(shell_quote("abc"), "'abc'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
 }

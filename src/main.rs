@@ -94,6 +94,10 @@ enum Command {
         /// Keep the demo data in this directory (must not exist yet) instead of a temporary one.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Write the demo's `export` lines (address, a token per role, org ids, periods) to this
+        /// file, for `source FILE` in another shell; default `demo.env` in the data directory.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
     },
     /// Verify a saved signed export (JSON) offline; exit 1 if it was changed.
     Verify {
@@ -305,7 +309,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { listen, data } => demo(listen, data),
+        Command::Demo {
+            listen,
+            data,
+            env_file,
+        } => demo(listen, data, env_file),
         Command::Verify { export, public_key } => {
             let text = std::fs::read_to_string(&export)
                 .with_context(|| format!("reading {}", export.display()))?;
@@ -485,7 +493,46 @@ fn serve(
     served
 }
 
-fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
+/// Writes the demo's env file readable by its owner only (it holds the demo's tokens), never
+/// over an existing file: a stale file from an earlier demo would hold dead tokens.
+fn write_env_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "--env-file {} exists and is never overwritten; remove it or choose another name",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+    };
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The address to print for `addr`: a wildcard listener is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+fn demo(
+    listen: SocketAddr,
+    data: Option<PathBuf>,
+    env_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let now = match std::env::var(clock::NOW_ENV) {
         Ok(v) if !v.trim().is_empty() => clock::FixedClock::parse(&v)
             .map_err(anyhow::Error::msg)?
@@ -510,6 +557,13 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
             (t.path().to_path_buf(), Some(t))
         }
     };
+    if let Some(f) = &env_file {
+        anyhow::ensure!(
+            !f.exists(),
+            "--env-file {} exists and is never overwritten; remove it or choose another name",
+            f.display()
+        );
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let shutdown = server::shutdown_signal();
@@ -528,10 +582,16 @@ fn demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
             let scope = org.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
             println!("  {:<30} {token}", format!("{role}{scope}"));
         }
-        let researcher = demo.tokens.iter().find(|t| t.0 == "researcher").map(|t| t.2.clone()).unwrap_or_default();
-        println!("\nTry:\n  curl -H 'Authorization: Bearer {researcher}' 'http://{addr}/api/v1/releases?marginal=unit&org=helse-vestfjord'");
-        println!("  curl -H 'Authorization: Bearer {researcher}' 'http://{addr}/api/v1/releases?format=csv' -o releases.csv");
-        println!("  curl -H 'Authorization: Bearer {researcher}' http://{addr}/api/v1/budget\n");
+        let url = format!("http://{}", reachable(addr));
+        let bin_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+        let exports = tellestrek::demo::env_lines(&demo, &url, bin_dir.as_deref())?;
+        let env_path = env_file.unwrap_or_else(|| dir.join("demo.env"));
+        write_env_file(&env_path, &exports)?;
+        let shown = env_path.display().to_string().replace('\'', r"'\''");
+        println!("\nThe README's walk-through uses these variables (written to {}):\n", env_path.display());
+        print!("{exports}");
+        println!("\nIn another terminal:  source '{shown}'");
+        println!("then, for example:    curl -fsS -H \"Authorization: Bearer $RESEARCHER\" \"$TELLESTREK_URL/api/v1/budget\"\n");
         println!("Tellestrek demo listening on http://{addr} (Ctrl-C to stop)");
         server::run(listener, demo.svc, shutdown).await.context("serving")
     })
