@@ -251,9 +251,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Colour only for a person at a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
     match run(cli) {

@@ -10,16 +10,15 @@
 //!   ledger entry, and raw data is purged.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tellestrek::store::Store;
 
-use crate::helpers::{TestApp, client, remote_token, tick_body};
+use crate::helpers::{Binary, TestApp, client, remote_token, tick_body};
 
 const ADMIN: &str = "faults-test-admin-token-0123456789";
 
@@ -114,59 +113,14 @@ async fn a_resent_tick_with_the_same_idempotency_key_is_counted_once() {
     assert_eq!(app.snapshot(), before);
 }
 
-/// A started binary with its own environment.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `serve` on `data` at instant `now`, with extra environment `env`.
-fn start(data: &Path, policy: &Path, now: &str, env: &[(&str, &str)]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tellestrek"));
-    cmd.arg("serve")
-        .arg("--data")
-        .arg(data)
-        .arg("--policy")
-        .arg(policy)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("TELLESTREK_ADMIN_TOKEN", ADMIN)
-        .env("TELLESTREK_NOW", now)
-        .env("TELLESTREK_LOG", "warn")
-        .env_remove(tellestrek::fault::ABORT_AT_ENV);
+fn start(data: &Path, policy: &Path, now: &str, env: &[(&str, &str)]) -> Binary {
+    let mut cmd = Binary::serve_command(data, Some(policy), now);
+    cmd.env("TELLESTREK_ADMIN_TOKEN", ADMIN);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned by `Server` from here on, so a panic below still kills and reaps it.
-    let mut server = Server {
-        child,
-        base: String::new(),
-    };
-    let mut reader = BufReader::new(server.child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "the binary exited before listening"
-        );
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            server.base = rest.split_whitespace().next().unwrap().to_string();
-            std::thread::spawn(move || for _ in reader.lines() {});
-            return server;
-        }
-    }
+    Binary::start(cmd, None)
 }
 
 fn policy_file(dir: &Path) -> std::path::PathBuf {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
@@ -228,13 +228,22 @@ impl Binary {
     /// Starts `tellestrek serve` on port 0 and waits until it listens; without `policy`, with
     /// the built-in policy written beside the data directory (`serve` needs a file).
     pub fn serve(data: &Path, policy: Option<&Path>, admin: Option<&str>) -> Binary {
-        let tmp = binary_tmp();
-        let builtin;
+        let mut cmd = Binary::serve_command(data, policy, "2026-11-23T10:00:00Z");
+        if let Some(a) = admin {
+            cmd.env("TELLESTREK_ADMIN_TOKEN", a);
+        }
+        Binary::start(cmd, None)
+    }
+
+    /// The command [`Binary::serve`] runs, at instant `now`, for tests that add to it.
+    pub fn serve_command(data: &Path, policy: Option<&Path>, now: &str) -> Command {
+        let builtin = data.with_extension("policy.toml");
         let policy = match policy {
             Some(p) => p,
             None => {
-                builtin = data.with_extension("policy.toml");
-                std::fs::write(&builtin, tellestrek::policy::DEFAULT_POLICY).unwrap();
+                if !builtin.exists() {
+                    std::fs::write(&builtin, tellestrek::policy::DEFAULT_POLICY).unwrap();
+                }
                 &builtin
             }
         };
@@ -248,17 +257,25 @@ impl Binary {
             .arg(policy);
         cmd.env_remove("TELLESTREK_ADMIN_TOKEN")
             .env_remove("TELLESTREK_POLICY")
-            .env("TMPDIR", tmp.path())
-            .env("TELLESTREK_NOW", "2026-11-23T10:00:00Z")
+            .env_remove(tellestrek::fault::ABORT_AT_ENV)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("TELLESTREK_NOW", now)
             .env("TELLESTREK_LOG", "warn");
-        if let Some(a) = admin {
-            cmd.env("TELLESTREK_ADMIN_TOKEN", a);
-        }
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        cmd
+    }
+
+    /// Starts `cmd` with a `TMPDIR` of its own and waits until it listens. With `output`, all
+    /// it prints on standard output and error is appended there (for tests that read the log);
+    /// otherwise standard error goes to the test's.
+    pub fn start(mut cmd: Command, output: Option<Arc<Mutex<String>>>) -> Binary {
+        let tmp = binary_tmp();
+        cmd.env("TMPDIR", tmp.path()).stdout(Stdio::piped());
+        cmd.stderr(if output.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
+        let child = cmd.spawn().unwrap();
         // Owned by `Binary` from here on, so a panic below still kills it (Drop).
         let mut bin = Binary {
             child,
@@ -266,6 +283,19 @@ impl Binary {
             banner: String::new(),
             tmp,
         };
+        let keep = |out: &Option<Arc<Mutex<String>>>, line: &str| {
+            if let Some(o) = out {
+                o.lock().unwrap().push_str(line);
+            }
+        };
+        if let (Some(err), Some(out)) = (bin.child.stderr.take(), output.clone()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let line = line.unwrap_or_default();
+                    out.lock().unwrap().push_str(&format!("{line}\n"));
+                }
+            });
+        }
         let mut reader = BufReader::new(bin.child.stdout.take().unwrap());
         loop {
             let mut line = String::new();
@@ -275,10 +305,15 @@ impl Binary {
                 bin.banner
             );
             bin.banner.push_str(&line);
+            keep(&output, &line);
             if let Some(rest) = line.split("listening on ").nth(1) {
                 bin.base = rest.split_whitespace().next().unwrap().to_string();
                 // Keep draining stdout so the child never blocks on a full pipe.
-                std::thread::spawn(move || for _ in reader.lines() {});
+                std::thread::spawn(move || {
+                    for line in reader.lines() {
+                        keep(&output, &format!("{}\n", line.unwrap_or_default()));
+                    }
+                });
                 return bin;
             }
         }

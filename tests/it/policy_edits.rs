@@ -33,8 +33,9 @@ fn open(dir: &Path, text: &str, clock: &Arc<FixedClock>) -> Result<TestApp, Serv
 }
 
 /// A data directory with November 2026 collected under the default policy and its monthly
-/// total released; returns the directory, the clock (at 10 December 2026) and the supporter.
-async fn collected() -> (tempfile::TempDir, Arc<FixedClock>, String) {
+/// total released; returns the directory, the clock (at 10 December 2026) and a supporter of
+/// each organisation.
+async fn collected() -> (tempfile::TempDir, Arc<FixedClock>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(FixedClock::new(NOW));
     let app = open(dir.path(), DEFAULT_POLICY, &clock).unwrap();
@@ -58,7 +59,38 @@ async fn collected() -> (tempfile::TempDir, Arc<FixedClock>, String) {
             .drawn
             .contains(&"2026-11/helse-vestfjord/total".to_string())
     );
-    (dir, clock, sup)
+    (dir, clock, sup, vik)
+}
+
+/// Sends the default tick with `patch` merged in (top-level fields, and `tags`), expects it
+/// refused with `status` and `code`, and returns the message.
+async fn refused(
+    app: &TestApp,
+    token: &str,
+    patch: serde_json::Value,
+    status: StatusCode,
+    code: &str,
+) -> String {
+    let mut body = crate::helpers::tick_body();
+    for (k, v) in patch.as_object().unwrap() {
+        match (k.as_str(), v.as_object()) {
+            ("tags", Some(tags)) => {
+                for (d, value) in tags {
+                    body["tags"][d] = value.clone();
+                }
+            }
+            _ => body[k] = v.clone(),
+        }
+    }
+    let (s, v) = app
+        .call("POST", "/api/v1/ticks", Some(token), Some(body))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{v}"
+    );
+    v["error"]["message"].as_str().unwrap().to_string()
 }
 
 /// Runs the lifecycle job at each of the given instants; returns every release drawn.
@@ -112,7 +144,7 @@ fn assert_guarantees(app: &TestApp, budget_2026: f64, budget_2027: f64) {
 
 #[tokio::test]
 async fn renaming_a_table_applies_to_new_periods_and_never_draws_a_period_again() {
-    let (dir, clock, _) = collected().await;
+    let (dir, clock, _, _) = collected().await;
     let text = DEFAULT_POLICY.replace("id = \"total\"", "id = \"sum\"");
     let app = open(dir.path(), &text, &clock).unwrap();
     assert!(
@@ -134,7 +166,7 @@ async fn renaming_a_table_applies_to_new_periods_and_never_draws_a_period_again(
 
 #[tokio::test]
 async fn raising_the_budget_applies_from_next_year_and_lowering_it_at_once() {
-    let (dir, clock, _) = collected().await;
+    let (dir, clock, _, _) = collected().await;
     let raised = DEFAULT_POLICY
         .replace("budget = 2.0", "budget = 4.0")
         .replace("rolling_year_cap = 14.0", "rolling_year_cap = 28.0")
@@ -184,7 +216,7 @@ async fn raising_the_budget_applies_from_next_year_and_lowering_it_at_once() {
 
 #[tokio::test]
 async fn a_new_period_length_or_mechanism_or_unit_of_privacy_is_refused_at_start() {
-    let (dir, clock, _) = collected().await;
+    let (dir, clock, _, _) = collected().await;
     let before = std::fs::read(dir.path().join("regimes.json")).unwrap();
     for (text, key) in [
         (
@@ -222,7 +254,7 @@ async fn a_new_period_length_or_mechanism_or_unit_of_privacy_is_refused_at_start
 
 #[tokio::test]
 async fn a_removed_unit_value_or_organisation_keeps_its_data_in_its_own_cells() {
-    let (dir, clock, sup) = collected().await;
+    let (dir, clock, sup, vik) = collected().await;
     let vikafjord_start = DEFAULT_POLICY
         .find("[[orgs]]\nid = \"vikafjord-kommune\"")
         .unwrap();
@@ -256,28 +288,14 @@ async fn a_removed_unit_value_or_organisation_keeps_its_data_in_its_own_cells() 
         .await;
     run_until(&app, &THROUGH_2027[..1]).await;
     // From January, the removed unit and value are refused, and the organisation has stopped.
-    let mut body = crate::helpers::tick_body();
-    body["tags"]["kanal"] = json!("skriftlig");
-    let (s, v) = app
-        .call("POST", "/api/v1/ticks", Some(&sup), Some(body))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_unit")),
-        "{v}"
-    );
-    let vik = app.token("supporter", Some("helse-vestfjord")).await;
-    let mut body = crate::helpers::tick_body();
-    body["unit"] = json!("intensiv");
-    body["tags"]["kanal"] = json!("skriftlig");
-    let (s, v) = app
-        .call("POST", "/api/v1/ticks", Some(&vik), Some(body))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_value")),
-        "{v}"
-    );
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let patch = json!({"tags": {"kanal": "skriftlig"}});
+    refused(&app, &sup, patch, unprocessable, "unknown_unit").await;
+    let patch = json!({"unit": "intensiv", "tags": {"kanal": "skriftlig"}});
+    refused(&app, &sup, patch, unprocessable, "unknown_value").await;
+    let patch = json!({"org": "vikafjord-kommune", "unit": "legevakt"});
+    let why = refused(&app, &vik, patch, StatusCode::CONFLICT, "period_not_open").await;
+    assert!(why.contains("until 2026-12"), "{why}");
     run_until(&app, &THROUGH_2027[1..]).await;
     // Q4 and 2026 were released under the policy they were collected under: the removed unit
     // and value have their own cells, holding exactly what was logged there.
@@ -338,7 +356,7 @@ async fn a_removed_unit_value_or_organisation_keeps_its_data_in_its_own_cells() 
 
 #[tokio::test]
 async fn a_label_edit_applies_at_once_and_changes_nothing_else() {
-    let (dir, clock, _) = collected().await;
+    let (dir, clock, _, _) = collected().await;
     let text = DEFAULT_POLICY.replace("name = \"Akuttmottak\"", "name = \"Akutten\"");
     let app = open(dir.path(), &text, &clock).unwrap();
     assert!(
@@ -355,7 +373,7 @@ async fn a_label_edit_applies_at_once_and_changes_nothing_else() {
 
 #[tokio::test]
 async fn a_new_organisation_collects_at_once_and_ticks_before_the_first_period_are_refused() {
-    let (dir, clock, _) = collected().await;
+    let (dir, clock, _, _) = collected().await;
     let text = DEFAULT_POLICY.replace(
         "# ---- taxonomy",
         "[[orgs]]\nid = \"nyby\"\nname = \"Nyby kommune\"\nunits = [ { id = \"sykehjem\", name = \"Sykehjem\", headcount = 90 } ]\n\n# ---- taxonomy",
@@ -370,22 +388,9 @@ async fn a_new_organisation_collects_at_once_and_ticks_before_the_first_period_a
     app.tick(&sup, "nyby", "sykehjem", &[], 1).await;
     // November (still in its grace days on 2 December) is before Nyby joined.
     app.at(datetime!(2026-12-02 08:00 UTC));
-    let mut body = crate::helpers::tick_body();
-    body["org"] = json!("nyby");
-    body["unit"] = json!("sykehjem");
-    body["period"] = json!("2026-11");
-    let (s, v) = app
-        .call("POST", "/api/v1/ticks", Some(&sup), Some(body))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("period_not_open")),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("2026-12"),
-        "{v}"
-    );
+    let patch = json!({"org": "nyby", "unit": "sykehjem", "period": "2026-11"});
+    let why = refused(&app, &sup, patch, StatusCode::CONFLICT, "period_not_open").await;
+    assert!(why.contains("2026-12"), "{why}");
     run_until(&app, &THROUGH_2027).await;
     let y = app.svc.store().release("2026/nyby/total").unwrap();
     assert!(y.is_none(), "the yearly plan has no total");
@@ -403,28 +408,14 @@ async fn a_new_organisation_collects_at_once_and_ticks_before_the_first_period_a
     let clock = Arc::new(FixedClock::new(datetime!(2026-12-02 08:00 UTC)));
     let app = open(fresh.path(), DEFAULT_POLICY, &clock).unwrap();
     let sup = app.token("supporter", Some("helse-vestfjord")).await;
-    let mut body = crate::helpers::tick_body();
-    body["period"] = json!("2026-11");
-    let (s, v) = app
-        .call("POST", "/api/v1/ticks", Some(&sup), Some(body))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("period_not_open")),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("first period"),
-        "{v}"
-    );
+    let patch = json!({"period": "2026-11"});
+    let why = refused(&app, &sup, patch, StatusCode::CONFLICT, "period_not_open").await;
+    assert!(why.contains("first period"), "{why}");
 }
 
 #[tokio::test]
 async fn policy_check_against_a_data_directory_says_what_would_change() {
-    let (dir, _clock, _) = collected().await;
+    let (dir, _clock, _, _) = collected().await;
     let edited = tempfile::tempdir().unwrap();
     let run = |text: String| {
         let path = edited.path().join("p.toml");

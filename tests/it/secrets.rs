@@ -8,92 +8,24 @@
 //! - The server key can live in a key file; the data directory then holds no key and refuses
 //!   to start without the right file.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
 use serde_json::json;
 use tellestrek::store::Store;
 
-use crate::helpers::{TestApp, client, files, remote_token, tick_body};
+use crate::helpers::{Binary, TestApp, client, files, remote_token, tick_body};
 
-/// A started `serve` whose standard output and error go to files.
-struct Logged {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Logged {
-    /// SIGTERM, and wait for a clean exit.
-    fn stop(mut self) {
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-/// Starts `serve` at `now` with `args`, appending its output to `out` and `err`.
-fn serve(data: &Path, now: &str, args: &[&str], out: &Path, err: &Path) -> Logged {
-    let policy = data.with_file_name("policy.toml");
-    if !policy.exists() {
-        std::fs::write(&policy, tellestrek::policy::DEFAULT_POLICY).unwrap();
-    }
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .unwrap()
-    };
-    // This start's output begins where the file ends now.
-    let from = std::fs::metadata(out).map_or(0, |m| m.len() as usize);
-    let child = Command::new(env!("CARGO_BIN_EXE_tellestrek"))
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env_remove("TELLESTREK_ADMIN_TOKEN")
-        .env("TELLESTREK_NOW", now)
-        .env("TELLESTREK_LOG", "trace")
-        .stdout(open(out))
-        .stderr(open(err))
-        .spawn()
-        .unwrap();
-    let mut logged = Logged {
-        child,
-        base: String::new(),
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(out).unwrap()[from..].to_string();
-        if let Some(rest) = text.split("listening on ").nth(1) {
-            logged.base = rest.split_whitespace().next().unwrap().to_string();
-            return logged;
-        }
-        assert!(
-            logged.child.try_wait().unwrap().is_none(),
-            "the binary exited: {text}"
-        );
-        assert!(std::time::Instant::now() < deadline, "never listened");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+/// Starts `serve` at `now` with `args` at the most verbose log level, everything it prints
+/// appended to `log`.
+fn serve(data: &Path, now: &str, args: &[&str], log: &Arc<Mutex<String>>) -> Binary {
+    let mut cmd = Binary::serve_command(data, None, now);
+    cmd.args(args).env("TELLESTREK_LOG", "trace");
+    Binary::start(cmd, Some(log.clone()))
 }
 
 /// Every encoding of `bytes` a log line could carry.
@@ -111,8 +43,8 @@ fn encodings(bytes: &[u8]) -> Vec<String> {
 async fn the_most_verbose_log_holds_no_secret_count_or_tick_and_files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let server = serve(&data, "2026-11-23T10:00:00Z", &[], &out, &err);
+    let output = Arc::new(Mutex::new(String::new()));
+    let server = serve(&data, "2026-11-23T10:00:00Z", &[], &output);
     let token_file = dir.path().join("data.admin-token");
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(
@@ -155,9 +87,9 @@ async fn the_most_verbose_log_holds_no_secret_count_or_tick_and_files_are_privat
         }
     }
     assert_eq!(n, sent);
-    server.stop();
+    assert!(server.terminate().success());
     // December: November is released by the job at start and on demand.
-    let server = serve(&data, "2026-12-10T10:00:00Z", &[], &out, &err);
+    let server = serve(&data, "2026-12-10T10:00:00Z", &[], &output);
     let r = c
         .post(format!("{}/api/v1/periods/2026-11/release", server.base))
         .bearer_auth(&admin)
@@ -172,7 +104,7 @@ async fn the_most_verbose_log_holds_no_secret_count_or_tick_and_files_are_privat
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    server.stop();
+    assert!(server.terminate().success());
 
     // Files: the data directory and everything in it are the service user's alone.
     let mut all = Vec::new();
@@ -189,13 +121,7 @@ async fn the_most_verbose_log_holds_no_secret_count_or_tick_and_files_are_privat
         }
     }
 
-    let mut log = String::new();
-    for p in [&out, &err] {
-        std::fs::File::open(p)
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-    }
+    let log = output.lock().unwrap().clone();
     assert!(log.contains("listening on"), "{log}");
     // Secrets: tokens, and every stored key, secret and pseudonym, in any encoding.
     let store = Store::open(&data).unwrap();
@@ -288,7 +214,7 @@ async fn the_last_admin_cannot_revoke_itself_even_in_a_race() {
 async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let output = Arc::new(Mutex::new(String::new()));
     let key = dir.path().join("server-key");
     std::fs::write(&key, tellestrek::auth::random_secret().unwrap()).unwrap();
     let key_arg = key.to_str().unwrap();
@@ -296,8 +222,7 @@ async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_d
         &data,
         "2026-11-23T10:00:00Z",
         &["--key-file", key_arg],
-        &out,
-        &err,
+        &output,
     );
     let admin = std::fs::read_to_string(dir.path().join("data.admin-token"))
         .unwrap()
@@ -312,7 +237,7 @@ async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_d
         Some("helse-vestfjord"),
     )
     .await;
-    server.stop();
+    assert!(server.terminate().success());
     {
         let store = Store::open(&data).unwrap();
         assert!(
@@ -329,7 +254,7 @@ async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_d
             .output()
             .unwrap()
     };
-    let policy = dir.path().join("policy.toml");
+    let policy = data.with_extension("policy.toml");
     let serve_args = |extra: &[&str]| {
         let mut v = vec!["serve", "--data", data.to_str().unwrap(), "--policy"];
         v.push(policy.to_str().unwrap());
@@ -384,8 +309,7 @@ async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_d
         &data,
         "2026-11-23T10:00:00Z",
         &["--key-file", key_arg],
-        &out,
-        &err,
+        &output,
     );
     for t in [&new_admin, &admin] {
         let r = c
@@ -408,5 +332,5 @@ async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_d
         201,
         "tokens made before still work with the key file"
     );
-    server.stop();
+    assert!(server.terminate().success());
 }
