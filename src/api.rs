@@ -14,10 +14,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::domain::{Release, TokenRecord};
+use crate::domain::TokenRecord;
+use crate::export::Lang;
 use crate::policy::{Dimension, Label, Org};
 use crate::service::{
-    NewTokenRequest, Principal, ReleaseFilter, Service, ServiceError, TickRequest,
+    NewTokenRequest, PageRequest, Principal, ReleaseFilter, ReleasePage, Service, ServiceError,
+    TickRequest,
 };
 
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
@@ -398,7 +400,7 @@ pub async fn post_release(
     ))
 }
 
-/// Query of `GET /api/v1/releases`.
+/// Query of `GET /api/v1/releases` and `GET /api/v1/releases.sig`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseQuery {
@@ -408,136 +410,240 @@ pub struct ReleaseQuery {
     org: Option<String>,
     #[serde(default)]
     marginal: Option<String>,
+    /// First period of a range (see [`ReleaseFilter::from`]).
+    #[serde(default)]
+    from: Option<String>,
+    /// Last period of a range.
+    #[serde(default)]
+    to: Option<String>,
+    /// Releases per page (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u64>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
     /// `json` (default) or `csv`.
     #[serde(default)]
     format: Option<String>,
+    /// Labels in the CSV: `nb` (default) or `en`.
+    #[serde(default)]
+    lang: Option<String>,
 }
 
-/// `GET /api/v1/releases`: signed releases in the caller's scope, as JSON or CSV.
+/// A listing request, checked: CSV or not, the labels' language, the filter and the page.
+struct ListingRequest {
+    csv: bool,
+    lang: Lang,
+    filter: ReleaseFilter,
+    page: PageRequest,
+}
+
+impl ReleaseQuery {
+    fn checked(self) -> Result<ListingRequest, ApiError> {
+        let csv = match self.format.as_deref() {
+            None | Some("json") => false,
+            Some("csv") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_format",
+                    format!("format: `{other}` is not a format here; use json or csv"),
+                ));
+            }
+        };
+        let lang = match self.lang.as_deref() {
+            None => Lang::Nb,
+            Some(l) => l.parse().map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_lang",
+                    format!("lang: {e}"),
+                )
+            })?,
+        };
+        Ok(ListingRequest {
+            csv,
+            lang,
+            filter: ReleaseFilter {
+                period: self.period,
+                org: self.org,
+                marginal: self.marginal,
+                from: self.from,
+                to: self.to,
+            },
+            page: PageRequest {
+                limit: self.limit,
+                cursor: self.cursor,
+            },
+        })
+    }
+}
+
+impl ListingRequest {
+    /// The address of the next page: this query with `cursor` set to `next`. Every value in it
+    /// has passed validation (policy ids, periods, a base64url cursor), so none needs escaping.
+    fn next_url(&self, next: &str) -> String {
+        let f = &self.filter;
+        let mut q: Vec<String> = [
+            ("period", f.period.clone()),
+            ("org", f.org.clone()),
+            ("marginal", f.marginal.clone()),
+            ("from", f.from.clone()),
+            ("to", f.to.clone()),
+            ("limit", self.page.limit.map(|l| l.to_string())),
+            ("format", self.csv.then(|| "csv".to_string())),
+            ("lang", (self.lang == Lang::En).then(|| "en".to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+        q.push(format!("cursor={next}"));
+        format!("/api/v1/releases?{}", q.join("&"))
+    }
+}
+
+/// Finds one page of the caller's releases, off the async threads (index keys only).
+async fn find_page(
+    svc: &Service,
+    who: &Principal,
+    req: &ListingRequest,
+) -> Result<ReleasePage, ApiError> {
+    let (svc, who) = (svc.clone(), who.clone());
+    let filter = ReleaseFilter {
+        period: req.filter.period.clone(),
+        org: req.filter.org.clone(),
+        marginal: req.filter.marginal.clone(),
+        from: req.filter.from.clone(),
+        to: req.filter.to.clone(),
+    };
+    let page = req.page.clone();
+    let found = tokio::task::spawn_blocking(move || svc.release_page(&who, &filter, &page))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    Ok(found)
+}
+
+/// Renders and signs a CSV page off the async threads.
+async fn csv_of(
+    svc: &Service,
+    page: ReleasePage,
+    lang: Lang,
+) -> Result<(Vec<u8>, String), ApiError> {
+    let svc = svc.clone();
+    let done = tokio::task::spawn_blocking(move || svc.csv_page(&page, lang))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    Ok(done)
+}
+
+/// Chunks of a streamed export in flight between the blocking writer and the socket; with
+/// chunks of about 64 KB this bounds what a slow reader makes the server hold.
+const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// `GET /api/v1/releases`: one page of the signed releases in the caller's scope, as JSON
+/// (streamed as it is decoded, signature at the end) or CSV (signature in a header, and from
+/// `GET /api/v1/releases.sig`). The next page's cursor is `next` in the JSON, and the
+/// `x-tellestrek-next` and `Link` headers of both forms.
 pub async fn get_releases(
     State(svc): State<Service>,
     who: Principal,
     AppQuery(q): AppQuery<ReleaseQuery>,
 ) -> Result<Response, ApiError> {
-    let csv = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_format",
-                format!("format: `{other}` is not a format here; use json or csv"),
-            ));
-        }
-    };
-    let filter = ReleaseFilter {
-        period: q.period,
-        org: q.org,
-        marginal: q.marginal,
-    };
-    let releases = svc.releases(&who, &filter)?;
+    let req = q.checked()?;
+    let page = find_page(&svc, &who, &req).await?;
     // Normen: who read or exported what (never ticks, never counts).
-    tracing::info!(token = %who.token_id, role = who.role.as_str(), period = ?filter.period, org = ?filter.org, marginal = ?filter.marginal, csv, releases = releases.len(), "releases read");
-    if csv {
-        let body = releases_csv(&releases).map_err(|e| {
-            tracing::error!(error = %e, "csv export failed");
-            ApiError::internal()
-        })?;
-        let sig = svc.sign_bytes(body.as_bytes());
-        return Ok((
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"tellestrek-releases.csv\"".to_string(),
-                ),
-                (
-                    header::HeaderName::from_static("x-tellestrek-signature"),
-                    sig,
-                ),
-                (
-                    header::HeaderName::from_static("x-tellestrek-public-key"),
-                    svc.public_key(),
-                ),
-            ],
-            body,
-        )
-            .into_response());
+    tracing::info!(token = %who.token_id, role = who.role.as_str(), period = ?req.filter.period, org = ?req.filter.org, marginal = ?req.filter.marginal, from = ?req.filter.from, to = ?req.filter.to, csv = req.csv, releases = page.ids.len(), "releases read");
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(next) = &page.next {
+        // Cursors and the URL built from validated values are ASCII: the parses cannot fail.
+        if let (Ok(cursor), Ok(link)) = (
+            header::HeaderValue::from_str(next),
+            header::HeaderValue::from_str(&format!("<{}>; rel=\"next\"", req.next_url(next))),
+        ) {
+            headers.insert(header::HeaderName::from_static("x-tellestrek-next"), cursor);
+            headers.insert(header::LINK, link);
+        }
     }
-    Ok(Json(svc.signed_export(&releases)?).into_response())
-}
-
-/// One row per cell, metadata in columns, and a column per breakdown (empty where a release
-/// does not break down by it), so R and pandas read it as a tidy table.
-pub fn releases_csv(releases: &[Release]) -> Result<String, csv::Error> {
-    let mut axes: Vec<&str> = Vec::new();
-    for r in releases {
-        for d in &r.dimensions {
-            if !axes.contains(&d.as_str()) {
-                axes.push(d);
+    if req.csv {
+        let (body, sig) = csv_of(&svc, page, req.lang).await?;
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            header::HeaderValue::from_static("attachment; filename=\"tellestrek-releases.csv\""),
+        );
+        for (name, value) in [
+            ("x-tellestrek-signature", sig),
+            ("x-tellestrek-public-key", svc.public_key()),
+        ] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                headers.insert(header::HeaderName::from_static(name), v);
             }
         }
+        return Ok((headers, body).into_response());
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut head = vec![
-        "release_id",
-        "period",
-        "period_start",
-        "period_end",
-        "org",
-        "marginal",
-        "kind",
-        "dimensions",
-        "noisy",
-        "estimate",
-        "ci_low",
-        "ci_high",
-        "suppressed",
-        "confidence",
-        "mechanism",
-        "privacy_unit",
-        "epsilon",
-        "rho",
-        "scale",
-        "sensitivity",
-        "total_estimate",
-    ];
-    head.extend(axes.iter().copied());
-    w.write_record(&head)?;
-    for r in releases {
-        for c in &r.cells {
-            let mut row = vec![
-                r.id.clone(),
-                r.period.to_string(),
-                r.period.start().to_string(),
-                (r.period.end() - time::Duration::days(1)).to_string(),
-                r.org.clone(),
-                r.marginal.clone(),
-                r.kind.clone(),
-                r.dimensions.join("+"),
-                c.noisy.to_string(),
-                c.estimate.to_string(),
-                c.ci[0].to_string(),
-                c.ci[1].to_string(),
-                c.suppressed.to_string(),
-                r.confidence.to_string(),
-                r.mechanism.clone(),
-                r.privacy_unit.clone(),
-                r.epsilon.map(|v| v.to_string()).unwrap_or_default(),
-                r.rho.map(|v| v.to_string()).unwrap_or_default(),
-                r.scale.to_string(),
-                r.sensitivity.to_string(),
-                r.total_estimate.to_string(),
-            ];
-            row.extend(
-                axes.iter()
-                    .map(|a| c.key.get(*a).cloned().unwrap_or_default()),
-            );
-            w.write_record(&row)?;
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_CHUNKS_IN_FLIGHT);
+    let writer = svc.clone();
+    tokio::task::spawn_blocking(move || {
+        let sent = writer.write_json_page(&page, |chunk| {
+            tx.blocking_send(Ok(Bytes::from(chunk))).is_ok()
+        });
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "json export failed midway");
+            // The reader sees a cut connection, not a document that verifies.
+            let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
         }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok((headers, axum::body::Body::from_stream(stream)).into_response())
+}
+
+/// `GET /api/v1/releases.sig`: the detached Ed25519 signature (base64url, one line) of the
+/// CSV that `GET /api/v1/releases?format=csv` serves for the same query, to save beside it
+/// and check with `tellestrek verify FILE.csv --signature FILE.csv.sig --public-key KEY`.
+pub async fn get_releases_sig(
+    State(svc): State<Service>,
+    who: Principal,
+    AppQuery(q): AppQuery<ReleaseQuery>,
+) -> Result<Response, ApiError> {
+    if q.format.as_deref() == Some("json") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_format",
+            "format: the detached signature is of the CSV form; a JSON export carries its own signature",
+        ));
     }
-    let bytes = w.into_inner().map_err(|e| e.into_error())?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let mut req = q.checked()?;
+    req.csv = true;
+    let page = find_page(&svc, &who, &req).await?;
+    let (_, sig) = csv_of(&svc, page, req.lang).await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"tellestrek-releases.csv.sig\"".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-tellestrek-public-key"),
+                svc.public_key(),
+            ),
+        ],
+        format!("{sig}\n"),
+    )
+        .into_response())
 }
 
 /// `GET /api/v1/budget`: the privacy ledger in the caller's scope.

@@ -871,6 +871,40 @@ mod tests {
     }
 
     #[test]
+    fn the_release_index_is_built_for_data_written_before_it_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Releases as an older version wrote them: in `releases` only, no index, no flag.
+        for id in ["2026-11/o/total", "2026-Q4/o/unit", "2026-10/p/total"] {
+            store.releases.insert(id, "{}").unwrap();
+        }
+        store.meta.remove(RELEASE_INDEX_KEY).unwrap();
+        store.build_release_index().unwrap();
+        let ids = |scan: &ReleaseScan<'_>| -> Vec<String> {
+            store
+                .release_index(scan, None)
+                .unwrap()
+                .map(|e| e.unwrap().id)
+                .collect()
+        };
+        assert_eq!(
+            ids(&ReleaseScan::default()),
+            // Period start, then the period's name: a month before its quarter.
+            ["2026-10/p/total", "2026-Q4/o/unit", "2026-11/o/total"]
+        );
+        let o = ReleaseScan {
+            org: Some("o"),
+            ..ReleaseScan::default()
+        };
+        assert_eq!(ids(&o), ["2026-Q4/o/unit", "2026-11/o/total"]);
+        // A key outside the scan is not a place to resume from.
+        assert!(matches!(
+            store.release_index(&o, Some(b"p/2026-10-01/2026-10/total")),
+            Err(StoreError::CursorOutOfRange)
+        ));
+    }
+
+    #[test]
     fn cell_keys_round_trip() {
         let c = cell("2026-11");
         assert_eq!(decode_cell(c.period, &encode_cell(&c)).unwrap(), c);

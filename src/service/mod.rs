@@ -21,7 +21,10 @@ mod tokens;
 pub use lifecycle::LifecycleReport;
 use periods::EPOCH_KEY;
 pub use periods::PeriodInfo;
-pub use reads::{ReleaseFilter, canonical_json, verify_export};
+pub use reads::{
+    DEFAULT_PAGE_RELEASES, MAX_PAGE_RELEASES, PageRequest, ReleaseFilter, ReleasePage, VerifyError,
+    canonical_json, verify_detached, verify_export,
+};
 pub use ticks::{TickAccepted, TickRequest};
 pub use tokens::{NewToken, NewTokenRequest};
 

@@ -3,6 +3,7 @@
 mod crash;
 mod demo;
 mod helpers;
+mod reads;
 mod releases;
 mod scan;
 mod serve;
