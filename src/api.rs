@@ -523,22 +523,14 @@ async fn find_page(
     Ok(found)
 }
 
-/// Renders and signs a CSV page off the async threads.
+/// Renders and signs a CSV page on the export threads.
 async fn csv_of(
     svc: &Service,
     page: ReleasePage,
     lang: Lang,
 ) -> Result<(Vec<u8>, String), ApiError> {
-    let svc = svc.clone();
-    let done = tokio::task::spawn_blocking(move || svc.csv_page(&page, lang))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    Ok(done)
+    Ok(svc.export(move |svc| svc.csv_page(&page, lang)).await?)
 }
-
-/// Chunks of a streamed export in flight between the blocking writer and the socket; with
-/// chunks of about 64 KB this bounds what a slow reader makes the server hold.
-const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
 
 /// `GET /api/v1/releases`: one page of the signed releases in the caller's scope, as JSON
 /// (streamed as it is decoded, signature at the end) or CSV (signature in a header, and from
@@ -584,19 +576,17 @@ pub async fn get_releases(
         }
         return Ok((headers, body).into_response());
     }
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_CHUNKS_IN_FLIGHT);
-    let writer = svc.clone();
-    tokio::task::spawn_blocking(move || {
-        let sent = writer.write_json_page(&page, |chunk| {
-            tx.blocking_send(Ok(Bytes::from(chunk))).is_ok()
-        });
+    // Unbounded, so the export thread never waits for a slow reader: what it can hold is one
+    // page (the page size bounds it), which the signature needs in memory anyway.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    svc.spawn_export(move |svc| {
+        let sent = svc.write_json_page(&page, |chunk| tx.send(Ok(Bytes::from(chunk))).is_ok());
         if let Err(e) = sent {
             tracing::error!(error = %e, "json export failed midway");
             // The reader sees a cut connection, not a document that verifies.
-            let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
+            let _ = tx.send(Err(std::io::Error::other("export failed")));
         }
-    });
+    })?;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });

@@ -150,6 +150,11 @@ async fn walk(app: &TestApp, query: &str, token: &str, limit: usize) -> Vec<Stri
         let n = tellestrek::service::verify_export(&text, Some(&key)).unwrap();
         assert!(n <= limit, "a page of {n} releases for limit {limit}");
         let doc: Value = serde_json::from_str(&text).unwrap();
+        // Served exactly as stored (the stream transcodes the stored JSON).
+        for r in doc["releases"].as_array().unwrap() {
+            let stored = app.svc.store().release(r["id"].as_str().unwrap()).unwrap();
+            assert_eq!(r, &serde_json::to_value(stored.unwrap()).unwrap());
+        }
         ids.extend(
             doc["releases"]
                 .as_array()
