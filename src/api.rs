@@ -532,6 +532,34 @@ async fn csv_of(
     Ok(svc.export(move |svc| svc.csv_page(&page, lang)).await?)
 }
 
+/// The rate at which all exports together are sent, in bytes per second (8 MB/s: the national
+/// listing, about 4 MB of JSON, in half a second). Sending bytes costs CPU on the threads that
+/// also answer ticks (and on loopback the receiver's too); without a ceiling, readers who
+/// download in a loop take as much of it as they can. A second's worth may go at once, so
+/// single releases, a year or a first page are never slowed.
+const EXPORT_BYTES_PER_SECOND: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// Size of the chunks a CSV export is sent in (the JSON stream's are about the same).
+const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Waits until `bytes` more of export may be sent under [`EXPORT_BYTES_PER_SECOND`], shared by
+/// every export: a virtual clock that each chunk advances by its sending time, with up to
+/// one second of credit.
+async fn pace_export(bytes: usize) {
+    use std::sync::Mutex;
+    use tokio::time::{Duration, Instant};
+    static NEXT: Mutex<Option<Instant>> = Mutex::new(None);
+    let at = {
+        let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let credit = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let at = next.filter(|n| *n > credit).unwrap_or(credit);
+        *next = Some(at + Duration::from_secs_f64(bytes as f64 / EXPORT_BYTES_PER_SECOND));
+        at
+    };
+    tokio::time::sleep_until(at).await;
+}
+
 /// `GET /api/v1/releases`: one page of the signed releases in the caller's scope, as JSON
 /// (streamed as it is decoded, signature at the end) or CSV (signature in a header, and from
 /// `GET /api/v1/releases.sig`). The next page's cursor is `next` in the JSON, and the
@@ -574,7 +602,17 @@ pub async fn get_releases(
                 headers.insert(header::HeaderName::from_static(name), v);
             }
         }
-        return Ok((headers, body).into_response());
+        // Paced like the JSON stream, in chunks.
+        let chunks: Vec<Bytes> = Bytes::from(body)
+            .chunks(EXPORT_CHUNK_BYTES)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let stream = futures_util::stream::unfold(chunks.into_iter(), |mut chunks| async move {
+            let chunk = chunks.next()?;
+            pace_export(chunk.len()).await;
+            Some((Ok::<_, std::io::Error>(chunk), chunks))
+        });
+        return Ok((headers, axum::body::Body::from_stream(stream)).into_response());
     }
     // Unbounded, so the export thread never waits for a slow reader: what it can hold is one
     // page (the page size bounds it), which the signature needs in memory anyway.
@@ -588,7 +626,11 @@ pub async fn get_releases(
         }
     })?;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
+        let chunk = rx.recv().await?;
+        if let Ok(bytes) = &chunk {
+            pace_export(bytes.len()).await;
+        }
+        Some((chunk, rx))
     });
     headers.insert(
         header::CONTENT_TYPE,

@@ -144,6 +144,8 @@ pub struct Service {
     noise: Arc<dyn NoiseSource>,
     /// Serialises the lifecycle job: one release drawn at a time, budgets read consistently.
     release_lock: Arc<Mutex<()>>,
+    /// Canonical JSON of releases already served (releases are immutable).
+    canonical: Arc<reads::CanonicalCache>,
 }
 
 impl Service {
@@ -181,6 +183,7 @@ impl Service {
             signing,
             noise: Arc::new(OpenDpNoise),
             release_lock: Arc::new(Mutex::new(())),
+            canonical: Default::default(),
         };
         let mut created = None;
         if service.store.tokens()?.is_empty() {
