@@ -2,8 +2,8 @@
 //! offline verification. Reads never draw noise.
 
 use super::*;
-use std::collections::HashMap;
 use crate::store::ReleaseScan;
+use std::collections::HashMap;
 
 /// Releases on one page when the reader does not say (`limit`).
 pub const DEFAULT_PAGE_RELEASES: usize = 100;

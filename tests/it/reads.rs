@@ -522,6 +522,13 @@ async fn the_csv_has_labels_and_suppression_and_a_detached_signature_that_verifi
         sig_headers["x-tellestrek-public-key"].to_str().unwrap(),
         key
     );
+    // A JSON export carries its own signature; asking for a detached one is a clear 422.
+    let (s, _, body) = get(&app, "/api/v1/releases.sig?format=json", &researcher).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_format"))
+    );
     let dir = tempfile::tempdir().unwrap();
     let (file, sig_file) = (dir.path().join("year.csv"), dir.path().join("year.csv.sig"));
     std::fs::write(&file, &csv).unwrap();
