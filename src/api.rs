@@ -509,14 +509,7 @@ async fn find_page(
     req: &ListingRequest,
 ) -> Result<ReleasePage, ApiError> {
     let (svc, who) = (svc.clone(), who.clone());
-    let filter = ReleaseFilter {
-        period: req.filter.period.clone(),
-        org: req.filter.org.clone(),
-        marginal: req.filter.marginal.clone(),
-        from: req.filter.from.clone(),
-        to: req.filter.to.clone(),
-    };
-    let page = req.page.clone();
+    let (filter, page) = (req.filter.clone(), req.page.clone());
     let found = tokio::task::spawn_blocking(move || svc.release_page(&who, &filter, &page))
         .await
         .map_err(|_| ApiError::internal())??;
@@ -603,9 +596,10 @@ pub async fn get_releases(
             }
         }
         // Paced like the JSON stream, in chunks.
-        let chunks: Vec<Bytes> = Bytes::from(body)
-            .chunks(EXPORT_CHUNK_BYTES)
-            .map(Bytes::copy_from_slice)
+        let body = Bytes::from(body);
+        let chunks: Vec<Bytes> = (0..body.len())
+            .step_by(EXPORT_CHUNK_BYTES)
+            .map(|at| body.slice(at..body.len().min(at + EXPORT_CHUNK_BYTES)))
             .collect();
         let stream = futures_util::stream::unfold(chunks.into_iter(), |mut chunks| async move {
             let chunk = chunks.next()?;

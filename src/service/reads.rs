@@ -13,7 +13,7 @@ pub const DEFAULT_PAGE_RELEASES: usize = 100;
 pub const MAX_PAGE_RELEASES: usize = 1000;
 
 /// Which releases a reader asks for.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseFilter {
     /// Release period (`2026-11`, `2026-Q4`, `2026`): exactly this period.
