@@ -17,10 +17,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::domain::{Release, TokenRecord};
+use crate::domain::TokenRecord;
+use crate::export::Lang;
 use crate::policy::{Dimension, Label, Org};
 use crate::service::{
-    NewTokenRequest, Principal, ReleaseFilter, Service, ServiceError, TickRequest,
+    NewTokenRequest, PageRequest, Principal, ReleaseFilter, ReleasePage, Service, ServiceError,
+    TickRequest,
 };
 
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
@@ -570,7 +572,7 @@ pub async fn post_release(
     ))
 }
 
-/// Query of `GET /api/v1/releases`.
+/// Query of `GET /api/v1/releases` and `GET /api/v1/releases.sig`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseQuery {
@@ -580,136 +582,266 @@ pub struct ReleaseQuery {
     org: Option<String>,
     #[serde(default)]
     marginal: Option<String>,
+    /// First period of a range (see [`ReleaseFilter::from`]).
+    #[serde(default)]
+    from: Option<String>,
+    /// Last period of a range.
+    #[serde(default)]
+    to: Option<String>,
+    /// Releases per page (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u64>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
     /// `json` (default) or `csv`.
     #[serde(default)]
     format: Option<String>,
+    /// Labels in the CSV: `nb` (default) or `en`.
+    #[serde(default)]
+    lang: Option<String>,
 }
 
-/// `GET /api/v1/releases`: signed releases in the caller's scope, as JSON or CSV.
+/// A listing request, checked: CSV or not, the labels' language, the filter and the page.
+struct ListingRequest {
+    csv: bool,
+    lang: Lang,
+    filter: ReleaseFilter,
+    page: PageRequest,
+}
+
+impl ReleaseQuery {
+    fn checked(self) -> Result<ListingRequest, ApiError> {
+        let csv = match self.format.as_deref() {
+            None | Some("json") => false,
+            Some("csv") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_format",
+                    format!("format: `{other}` is not a format here; use json or csv"),
+                ));
+            }
+        };
+        let lang = match self.lang.as_deref() {
+            None => Lang::Nb,
+            Some(l) => l.parse().map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_lang",
+                    format!("lang: {e}"),
+                )
+            })?,
+        };
+        Ok(ListingRequest {
+            csv,
+            lang,
+            filter: ReleaseFilter {
+                period: self.period,
+                org: self.org,
+                marginal: self.marginal,
+                from: self.from,
+                to: self.to,
+            },
+            page: PageRequest {
+                limit: self.limit,
+                cursor: self.cursor,
+            },
+        })
+    }
+}
+
+impl ListingRequest {
+    /// The address of the next page: this query with `cursor` set to `next`. Every value in it
+    /// has passed validation (policy ids, periods, a base64url cursor), so none needs escaping.
+    fn next_url(&self, next: &str) -> String {
+        let f = &self.filter;
+        let mut q: Vec<String> = [
+            ("period", f.period.clone()),
+            ("org", f.org.clone()),
+            ("marginal", f.marginal.clone()),
+            ("from", f.from.clone()),
+            ("to", f.to.clone()),
+            ("limit", self.page.limit.map(|l| l.to_string())),
+            ("format", self.csv.then(|| "csv".to_string())),
+            ("lang", (self.lang == Lang::En).then(|| "en".to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+        q.push(format!("cursor={next}"));
+        format!("/api/v1/releases?{}", q.join("&"))
+    }
+}
+
+/// Finds one page of the caller's releases, off the async threads (index keys only).
+async fn find_page(
+    svc: &Service,
+    who: &Principal,
+    req: &ListingRequest,
+) -> Result<ReleasePage, ApiError> {
+    let (svc, who) = (svc.clone(), who.clone());
+    let (filter, page) = (req.filter.clone(), req.page.clone());
+    let found = tokio::task::spawn_blocking(move || svc.release_page(&who, &filter, &page))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    Ok(found)
+}
+
+/// Renders and signs a CSV page on the export threads.
+async fn csv_of(
+    svc: &Service,
+    page: ReleasePage,
+    lang: Lang,
+) -> Result<(Vec<u8>, String), ApiError> {
+    Ok(svc.export(move |svc| svc.csv_page(&page, lang)).await?)
+}
+
+/// The rate at which all exports together are sent, in bytes per second (8 MB/s: the national
+/// listing, about 4 MB of JSON, in half a second). Sending bytes costs CPU on the threads that
+/// also answer ticks (and on loopback the receiver's too); without a ceiling, readers who
+/// download in a loop take as much of it as they can. A second's worth may go at once, so
+/// single releases, a year or a first page are never slowed.
+const EXPORT_BYTES_PER_SECOND: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// Size of the chunks a CSV export is sent in (the JSON stream's are about the same).
+const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Waits until `bytes` more of export may be sent under [`EXPORT_BYTES_PER_SECOND`], shared by
+/// every export: a virtual clock that each chunk advances by its sending time, with up to
+/// one second of credit.
+async fn pace_export(bytes: usize) {
+    use std::sync::Mutex;
+    use tokio::time::{Duration, Instant};
+    static NEXT: Mutex<Option<Instant>> = Mutex::new(None);
+    let at = {
+        let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let credit = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let at = next.filter(|n| *n > credit).unwrap_or(credit);
+        *next = Some(at + Duration::from_secs_f64(bytes as f64 / EXPORT_BYTES_PER_SECOND));
+        at
+    };
+    tokio::time::sleep_until(at).await;
+}
+
+/// `GET /api/v1/releases`: one page of the signed releases in the caller's scope, as JSON
+/// (streamed as it is decoded, signature at the end) or CSV (signature in a header, and from
+/// `GET /api/v1/releases.sig`). The next page's cursor is `next` in the JSON, and the
+/// `x-tellestrek-next` and `Link` headers of both forms.
 pub async fn get_releases(
     State(svc): State<Service>,
     who: Principal,
     AppQuery(q): AppQuery<ReleaseQuery>,
 ) -> Result<Response, ApiError> {
-    let csv = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_format",
-                format!("format: `{other}` is not a format here; use json or csv"),
-            ));
-        }
-    };
-    let filter = ReleaseFilter {
-        period: q.period,
-        org: q.org,
-        marginal: q.marginal,
-    };
-    let releases = svc.releases(&who, &filter)?;
+    let req = q.checked()?;
+    let page = find_page(&svc, &who, &req).await?;
     // Normen: who read or exported what (never ticks, never counts).
-    tracing::info!(token = %who.token_id, role = who.role.as_str(), period = ?filter.period, org = ?filter.org, marginal = ?filter.marginal, csv, releases = releases.len(), "releases read");
-    if csv {
-        let body = releases_csv(&releases).map_err(|e| {
-            tracing::error!(error = %e, "csv export failed");
-            ApiError::internal()
-        })?;
-        let sig = svc.sign_bytes(body.as_bytes());
-        return Ok((
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"tellestrek-releases.csv\"".to_string(),
-                ),
-                (
-                    header::HeaderName::from_static("x-tellestrek-signature"),
-                    sig,
-                ),
-                (
-                    header::HeaderName::from_static("x-tellestrek-public-key"),
-                    svc.public_key(),
-                ),
-            ],
-            body,
-        )
-            .into_response());
+    tracing::info!(token = %who.token_id, role = who.role.as_str(), period = ?req.filter.period, org = ?req.filter.org, marginal = ?req.filter.marginal, from = ?req.filter.from, to = ?req.filter.to, csv = req.csv, releases = page.ids.len(), "releases read");
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(next) = &page.next {
+        // Cursors and the URL built from validated values are ASCII: the parses cannot fail.
+        if let (Ok(cursor), Ok(link)) = (
+            header::HeaderValue::from_str(next),
+            header::HeaderValue::from_str(&format!("<{}>; rel=\"next\"", req.next_url(next))),
+        ) {
+            headers.insert(header::HeaderName::from_static("x-tellestrek-next"), cursor);
+            headers.insert(header::LINK, link);
+        }
     }
-    Ok(Json(svc.signed_export(&releases)?).into_response())
-}
-
-/// One row per cell, metadata in columns, and a column per breakdown (empty where a release
-/// does not break down by it), so R and pandas read it as a tidy table.
-pub fn releases_csv(releases: &[Release]) -> Result<String, csv::Error> {
-    let mut axes: Vec<&str> = Vec::new();
-    for r in releases {
-        for d in &r.dimensions {
-            if !axes.contains(&d.as_str()) {
-                axes.push(d);
+    if req.csv {
+        let (body, sig) = csv_of(&svc, page, req.lang).await?;
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            header::HeaderValue::from_static("attachment; filename=\"tellestrek-releases.csv\""),
+        );
+        for (name, value) in [
+            ("x-tellestrek-signature", sig),
+            ("x-tellestrek-public-key", svc.public_key()),
+        ] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                headers.insert(header::HeaderName::from_static(name), v);
             }
         }
+        // Paced like the JSON stream, in chunks.
+        let body = Bytes::from(body);
+        let chunks: Vec<Bytes> = (0..body.len())
+            .step_by(EXPORT_CHUNK_BYTES)
+            .map(|at| body.slice(at..body.len().min(at + EXPORT_CHUNK_BYTES)))
+            .collect();
+        let stream = futures_util::stream::unfold(chunks.into_iter(), |mut chunks| async move {
+            let chunk = chunks.next()?;
+            pace_export(chunk.len()).await;
+            Some((Ok::<_, std::io::Error>(chunk), chunks))
+        });
+        return Ok((headers, axum::body::Body::from_stream(stream)).into_response());
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut head = vec![
-        "release_id",
-        "period",
-        "period_start",
-        "period_end",
-        "org",
-        "marginal",
-        "kind",
-        "dimensions",
-        "noisy",
-        "estimate",
-        "ci_low",
-        "ci_high",
-        "suppressed",
-        "confidence",
-        "mechanism",
-        "privacy_unit",
-        "epsilon",
-        "rho",
-        "scale",
-        "sensitivity",
-        "total_estimate",
-    ];
-    head.extend(axes.iter().copied());
-    w.write_record(&head)?;
-    for r in releases {
-        for c in &r.cells {
-            let mut row = vec![
-                r.id.clone(),
-                r.period.to_string(),
-                r.period.start().to_string(),
-                (r.period.end() - time::Duration::days(1)).to_string(),
-                r.org.clone(),
-                r.marginal.clone(),
-                r.kind.clone(),
-                r.dimensions.join("+"),
-                c.noisy.to_string(),
-                c.estimate.to_string(),
-                c.ci[0].to_string(),
-                c.ci[1].to_string(),
-                c.suppressed.to_string(),
-                r.confidence.to_string(),
-                r.mechanism.clone(),
-                r.privacy_unit.clone(),
-                r.epsilon.map(|v| v.to_string()).unwrap_or_default(),
-                r.rho.map(|v| v.to_string()).unwrap_or_default(),
-                r.scale.to_string(),
-                r.sensitivity.to_string(),
-                r.total_estimate.to_string(),
-            ];
-            row.extend(
-                axes.iter()
-                    .map(|a| c.key.get(*a).cloned().unwrap_or_default()),
-            );
-            w.write_record(&row)?;
+    // Unbounded, so the export thread never waits for a slow reader: what it can hold is one
+    // page (the page size bounds it), which the signature needs in memory anyway.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    svc.spawn_export(move |svc| {
+        let sent = svc.write_json_page(&page, |chunk| tx.send(Ok(Bytes::from(chunk))).is_ok());
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "json export failed midway");
+            // The reader sees a cut connection, not a document that verifies.
+            let _ = tx.send(Err(std::io::Error::other("export failed")));
         }
+    })?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        if let Ok(bytes) = &chunk {
+            pace_export(bytes.len()).await;
+        }
+        Some((chunk, rx))
+    });
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok((headers, axum::body::Body::from_stream(stream)).into_response())
+}
+
+/// `GET /api/v1/releases.sig`: the detached Ed25519 signature (base64url, one line) of the
+/// CSV that `GET /api/v1/releases?format=csv` serves for the same query, to save beside it
+/// and check with `tellestrek verify FILE.csv --signature FILE.csv.sig --public-key KEY`.
+pub async fn get_releases_sig(
+    State(svc): State<Service>,
+    who: Principal,
+    AppQuery(q): AppQuery<ReleaseQuery>,
+) -> Result<Response, ApiError> {
+    if q.format.as_deref() == Some("json") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_format",
+            "format: the detached signature is of the CSV form; a JSON export carries its own signature",
+        ));
     }
-    let bytes = w.into_inner().map_err(|e| e.into_error())?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let mut req = q.checked()?;
+    req.csv = true;
+    let page = find_page(&svc, &who, &req).await?;
+    let (_, sig) = csv_of(&svc, page, req.lang).await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"tellestrek-releases.csv.sig\"".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-tellestrek-public-key"),
+                svc.public_key(),
+            ),
+        ],
+        format!("{sig}\n"),
+    )
+        .into_response())
 }
 
 /// `GET /api/v1/budget`: the privacy ledger in the caller's scope.

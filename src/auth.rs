@@ -130,6 +130,21 @@ impl ServerKey {
     }
 }
 
+impl ServerKey {
+    /// An 8-byte tag of `bytes` (HMAC-SHA256 under the server key, truncated, domain-separated
+    /// from token hashes), so a value handed to clients, such as a page cursor, is known to
+    /// come back unchanged. 64 bits: enough against guessing, as a forged cursor gains nothing
+    /// beyond a position in a listing the caller may read anyway.
+    pub fn short_tag(&self, bytes: &[u8]) -> [u8; 8] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(b"tellestrek cursor v1\0");
+        ctx.update(bytes);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&ctx.sign().as_ref()[..8]);
+        out
+    }
+}
+
 impl fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ServerKey(<redacted>)")
@@ -224,6 +239,45 @@ pub fn verify_signature(public_key: &str, message: &[u8], signature: &str) -> bo
         .is_ok()
 }
 
+/// Why a signature could not be checked or did not match; the first two are mistakes in what
+/// was given (a truncated key, a file of another format), the last is a changed or foreign file.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SignatureError {
+    /// The public key is not 32 bytes of base64url (no padding).
+    #[error("the public key is not valid base64url Ed25519 (32 bytes, no padding)")]
+    MalformedKey,
+    /// The signature is not 64 bytes of base64url (no padding).
+    #[error("the signature is not valid base64url Ed25519 (64 bytes, no padding)")]
+    MalformedSignature,
+    /// Well-formed, but not a signature of this message by this key.
+    #[error(
+        "the signature does not match: the file was changed after it was signed, or signed by another key"
+    )]
+    Mismatch,
+}
+
+/// Checks an Ed25519 signature (both base64url, no padding) over `message`, telling a
+/// malformed key or signature from one that does not match.
+pub fn check_signature(
+    public_key: &str,
+    message: &[u8],
+    signature: &str,
+) -> Result<(), SignatureError> {
+    let pk = BASE64URL_NOPAD
+        .decode(public_key.trim().as_bytes())
+        .ok()
+        .filter(|k| k.len() == signature::ED25519_PUBLIC_KEY_LEN)
+        .ok_or(SignatureError::MalformedKey)?;
+    let sig = BASE64URL_NOPAD
+        .decode(signature.trim().as_bytes())
+        .ok()
+        .filter(|s| s.len() == 64)
+        .ok_or(SignatureError::MalformedSignature)?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, pk)
+        .verify(message, &sig)
+        .map_err(|_| SignatureError::Mismatch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +319,22 @@ mod tests {
         assert!(verify_signature(&key.public_key(), b"release", &sig));
         assert!(!verify_signature(&key.public_key(), b"releasf", &sig));
         assert!(!verify_signature(&key.public_key(), b"release", "AAAA"));
+        assert_eq!(check_signature(&key.public_key(), b"release", &sig), Ok(()));
+        assert_eq!(
+            check_signature(&key.public_key(), b"releasf", &sig),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            check_signature("not a key", b"release", &sig),
+            Err(SignatureError::MalformedKey)
+        );
+        assert_eq!(
+            check_signature(&key.public_key()[..20], b"release", &sig),
+            Err(SignatureError::MalformedKey)
+        );
+        assert_eq!(
+            check_signature(&key.public_key(), b"release", "AAAA"),
+            Err(SignatureError::MalformedSignature)
+        );
     }
 }

@@ -17,6 +17,7 @@
 //! | [`clock`] | the `Clock` trait; system and fixed clocks | everything else |
 //! | [`auth`] | tokens, pseudonyms, signing key (the only `ring` user) | storage, HTTP |
 //! | [`store`] | sled key layout, transactions, group-commit durability (the only `sled` user) | HTTP, noise |
+//! | [`export`] | the CSV form of releases for researchers: labels, `<3`, rounded ε | storage, HTTP, noise |
 //! | [`service`] | use cases: authenticate, log tick, tokens, periods | axum |
 //! | [`api`] | JSON handlers, extractors, the one error-to-HTTP mapping | sled, opendp, ring |
 //! | [`logging`] | the log filter: the operator's verbosity reaches this crate only | everything else |
@@ -29,6 +30,7 @@ pub mod clock;
 pub mod demo;
 pub mod domain;
 pub mod dp;
+pub mod export;
 pub mod fault;
 pub mod logging;
 pub mod plan;

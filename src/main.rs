@@ -99,14 +99,20 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         env_file: Option<PathBuf>,
     },
-    /// Verify a saved signed export (JSON) offline; exit 1 if it was changed.
+    /// Verify a saved signed export offline: a JSON export, or a CSV export with its detached
+    /// signature (--signature). Exit 1 if it was changed, 2 if the key or signature is malformed.
     Verify {
         /// The export file, as saved from GET /api/v1/releases.
         export: PathBuf,
         /// The public key (base64url) to trust, from GET /api/v1/signing-key; default the key
-        /// named in the file, which proves only that the file is intact.
-        #[arg(long)]
+        /// named in a JSON file, which proves only that the file is intact. Required with
+        /// --signature. (A base64url key may start with `-`.)
+        #[arg(long, allow_hyphen_values = true)]
         public_key: Option<String>,
+        /// A detached signature file (from GET /api/v1/releases.sig) over the exact bytes of
+        /// EXPORT, such as a CSV export.
+        #[arg(long)]
+        signature: Option<PathBuf>,
     },
     /// Policy tools.
     Policy {
@@ -317,26 +323,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             env_file,
         } => demo(listen, data, env_file),
-        Command::Verify { export, public_key } => {
-            let text = std::fs::read_to_string(&export)
-                .with_context(|| format!("reading {}", export.display()))?;
-            match tellestrek::service::verify_export(&text, public_key.as_deref()) {
-                Ok(n) => {
-                    println!(
-                        "OK: {} holds {n} releases signed by {}.",
-                        export.display(),
-                        public_key.as_deref().unwrap_or("the key named in the file")
-                    );
-                    if public_key.is_none() {
-                        println!(
-                            "Pass --public-key (from GET /api/v1/signing-key) to check who signed it, not only that it is intact."
-                        );
-                    }
-                    Ok(())
-                }
-                Err(e) => anyhow::bail!("{}: NOT VERIFIED: {e}", export.display()),
-            }
-        }
+        Command::Verify {
+            export,
+            public_key,
+            signature,
+        } => verify(&export, public_key.as_deref(), signature.as_deref()),
         Command::Policy {
             command: PolicyCommand::Init { file },
         } => policy_init(&file),
@@ -437,6 +428,66 @@ fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()>
     writeln!(f, "{secret}")?;
     f.sync_all()?;
     Ok(())
+}
+
+/// `tellestrek verify`: exits 0 if verified, 1 if the file does not match its signature, and
+/// 2 (after a message) if the key or signature given is malformed, so a script can tell a
+/// typing mistake from a changed file.
+fn verify(
+    export: &std::path::Path,
+    public_key: Option<&str>,
+    signature: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use tellestrek::service::{VerifyError, verify_detached, verify_export};
+    let malformed = |e: &VerifyError| -> ! {
+        eprintln!("error: {}: NOT CHECKED: {e}", export.display());
+        std::process::exit(2)
+    };
+    let checked = match signature {
+        Some(sig_path) => {
+            let Some(key) = public_key else {
+                eprintln!(
+                    "error: pass --public-key (from GET /api/v1/signing-key): a detached signature names no key"
+                );
+                std::process::exit(2)
+            };
+            let bytes =
+                std::fs::read(export).with_context(|| format!("reading {}", export.display()))?;
+            let sig = std::fs::read_to_string(sig_path)
+                .with_context(|| format!("reading {}", sig_path.display()))?;
+            verify_detached(&bytes, &sig, key).map(|()| {
+                format!(
+                    "OK: {} ({} bytes) is signed by {key}.",
+                    export.display(),
+                    bytes.len()
+                )
+            })
+        }
+        None => {
+            let text = std::fs::read_to_string(export)
+                .with_context(|| format!("reading {}", export.display()))?;
+            verify_export(&text, public_key).map(|n| {
+                format!(
+                    "OK: {} holds {n} releases signed by {}.",
+                    export.display(),
+                    public_key.unwrap_or("the key named in the file")
+                )
+            })
+        }
+    };
+    match checked {
+        Ok(line) => {
+            println!("{line}");
+            if public_key.is_none() {
+                println!(
+                    "Pass --public-key (from GET /api/v1/signing-key) to check who signed it, not only that it is intact."
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.is_malformed_input() => malformed(&e),
+        Err(e) => anyhow::bail!("{}: NOT VERIFIED: {e}", export.display()),
+    }
 }
 
 fn serve(

@@ -105,6 +105,7 @@ pub fn app(svc: Service) -> Router {
         .route("/api/v1/periods", get(api::get_periods))
         .route("/api/v1/periods/{period}/release", post(api::post_release))
         .route("/api/v1/releases", get(api::get_releases))
+        .route("/api/v1/releases.sig", get(api::get_releases_sig))
         .route("/api/v1/budget", get(api::get_budget))
         .route(
             "/api/v1/signing-key",

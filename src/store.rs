@@ -39,6 +39,14 @@
 //! never meets a full disk mid-write (after which it refuses every write until reopened). Reads
 //! go on; the first write after space returns succeeds, and [`Store::writable`] says which state
 //! the store is in, for `/readyz`.
+//! | `db` `releases_by_org` | `ORG/START/PERIOD/MARGINAL` (START: the period's first day, `YYYY-MM-DD`) | release id |
+//! | `db` `releases_by_time` | `START/PERIOD/ORG/MARGINAL` | release id |
+//!
+//! The two `releases_by_*` trees index `releases` (the source of truth) so that a read finds
+//! one organisation's releases of a period range, or every organisation's, with one range scan
+//! of short keys and decodes only the releases it serves. They are written in the same
+//! transaction as their release, and rebuilt at open for data directories written before they
+//! existed (`meta` key `release_index`).
 //!
 //! # Durability
 //!
@@ -64,6 +72,9 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::domain::{CellKey, LedgerEntry, Period, PeriodState, Release, TokenRecord};
+
+/// The `meta` key whose presence says both release indexes are complete.
+const RELEASE_INDEX_KEY: &str = "release_index";
 
 /// Storage failures and the rejections decided inside a transaction.
 #[derive(Debug, Error)]
@@ -105,6 +116,9 @@ pub enum StoreError {
     /// The period no longer accepts ticks.
     #[error("period is {}", .0.as_str())]
     PeriodNotOpen(PeriodState),
+    /// A position to resume a release listing from is not one of that listing's.
+    #[error("the cursor does not belong to this listing")]
+    CursorOutOfRange,
 }
 
 /// A flush request: which database (a period's raw one, or the main one), its handle, and who
@@ -171,6 +185,10 @@ pub struct Store {
     ledger: sled::Tree,
     /// Batches of releases written durably but not yet readable.
     staged: sled::Tree,
+    /// Index of `releases` by organisation, then period start (see the module doc).
+    releases_by_org: sled::Tree,
+    /// Index of `releases` by period start, then organisation.
+    releases_by_time: sled::Tree,
     /// Open period databases; a period's is opened on first use and closed when purged.
     raw: Arc<Mutex<BTreeMap<Period, PeriodDb>>>,
     flusher: mpsc::Sender<Waiter>,
@@ -267,6 +285,8 @@ impl Store {
             releases: db.open_tree("releases")?,
             ledger: db.open_tree("ledger")?,
             staged: db.open_tree("staged")?,
+            releases_by_org: db.open_tree("releases_by_org")?,
+            releases_by_time: db.open_tree("releases_by_time")?,
             main: main.clone(),
             raw: Arc::new(Mutex::new(BTreeMap::new())),
             flusher: tx,
@@ -277,6 +297,7 @@ impl Store {
         }
         // A batch staged before a crash is published now, exactly as it was drawn.
         store.publish_staged()?;
+        store.build_release_index()?;
         Ok(store)
     }
 
@@ -704,11 +725,24 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        (&self.releases, &self.staged)
-            .transaction(|(releases, staged)| {
-                for id in &ids {
+        // The index entries become visible with their releases, in the same transaction.
+        let index: Vec<(Vec<u8>, Vec<u8>)> = ids
+            .iter()
+            .map(|id| index_keys(&String::from_utf8_lossy(id)))
+            .collect::<Result<_, StoreError>>()?;
+        let trees = (
+            &self.releases,
+            &self.staged,
+            &self.releases_by_org,
+            &self.releases_by_time,
+        );
+        trees
+            .transaction(|(releases, staged, by_org, by_time)| {
+                for (id, (org_key, time_key)) in ids.iter().zip(&index) {
                     if let Some(r) = staged.remove(id)? {
                         releases.insert(id, r)?;
+                        by_org.insert(org_key.as_slice(), id)?;
+                        by_time.insert(time_key.as_slice(), id)?;
                     }
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -733,6 +767,94 @@ impl Store {
             .values()
             .map(|v| decode(&v?, "release"))
             .collect()
+    }
+
+    /// The stored JSON of the release with this id (as written; not canonical).
+    pub fn release_bytes(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.releases.get(id)?.map(|v| v.to_vec()))
+    }
+
+    /// Walks the release index over `scan`, in index order, starting after the index key
+    /// `after` (a cursor handed out earlier). Only keys are read: the caller decodes the
+    /// releases it keeps. Refuses an `after` that is not a key of this scan.
+    pub fn release_index(
+        &self,
+        scan: &ReleaseScan<'_>,
+        after: Option<&[u8]>,
+    ) -> Result<impl Iterator<Item = Result<IndexedRelease, StoreError>> + use<>, StoreError> {
+        use std::ops::Bound;
+        let (tree, lo, hi) = self.scan_bounds(scan);
+        let start = match after {
+            Some(a) if a >= lo.as_slice() && hi.as_ref().is_none_or(|h| a < h.as_slice()) => {
+                Bound::Excluded(a.to_vec())
+            }
+            Some(_) => return Err(StoreError::CursorOutOfRange),
+            None => Bound::Included(lo),
+        };
+        let end = match hi {
+            Some(h) => Bound::Excluded(h),
+            None => Bound::Unbounded,
+        };
+        Ok(tree.range::<Vec<u8>, _>((start, end)).map(|kv| {
+            let (k, v) = kv?;
+            Ok(IndexedRelease {
+                key: k.to_vec(),
+                id: String::from_utf8(v.to_vec())
+                    .map_err(|_| StoreError::Corrupt("release index value".into()))?,
+            })
+        }))
+    }
+
+    /// The index tree and key range of a scan (`hi` excluded; `None`: to the end).
+    fn scan_bounds(&self, scan: &ReleaseScan<'_>) -> (sled::Tree, Vec<u8>, Option<Vec<u8>>) {
+        let day = |d: time::Date| d.to_string();
+        match scan.org {
+            Some(org) => {
+                let lo = format!("{org}/{}", scan.starts_from.map(day).unwrap_or_default());
+                let hi = match scan.starts_before {
+                    Some(d) => format!("{org}/{}", day(d)),
+                    // '0' is the byte after '/': the end of this organisation's keys.
+                    None => format!("{org}0"),
+                };
+                (
+                    self.releases_by_org.clone(),
+                    lo.into_bytes(),
+                    Some(hi.into_bytes()),
+                )
+            }
+            None => (
+                self.releases_by_time.clone(),
+                scan.starts_from.map(day).unwrap_or_default().into_bytes(),
+                scan.starts_before.map(|d| day(d).into_bytes()),
+            ),
+        }
+    }
+
+    /// Writes any missing index entry of `releases` (data directories written before the
+    /// index existed), once: afterwards every release gets its entries in its own transaction.
+    fn build_release_index(&self) -> Result<(), StoreError> {
+        if self.meta.get(RELEASE_INDEX_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut by_org = sled::Batch::default();
+        let mut by_time = sled::Batch::default();
+        let mut n = 0usize;
+        for k in self.releases.iter().keys() {
+            let k = k?;
+            let id =
+                std::str::from_utf8(&k).map_err(|_| StoreError::Corrupt("release id".into()))?;
+            let (org_key, time_key) = index_keys(id)?;
+            by_org.insert(org_key, id.as_bytes());
+            by_time.insert(time_key, id.as_bytes());
+            n += 1;
+        }
+        if n > 0 {
+            self.releases_by_org.apply_batch(by_org)?;
+            self.releases_by_time.apply_batch(by_time)?;
+        }
+        self.meta.insert(RELEASE_INDEX_KEY, "1")?;
+        self.main.sync()?;
+        Ok(())
     }
 
     /// Every ledger entry.
@@ -835,6 +957,43 @@ fn restrict(dir: &Path) -> Result<(), StoreError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+/// Which part of the release index to walk: one organisation or all, and a range of period
+/// start days.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseScan<'a> {
+    /// Only this organisation's releases (the `releases_by_org` index); else every one's.
+    pub org: Option<&'a str>,
+    /// Releases whose period starts on or after this day.
+    pub starts_from: Option<time::Date>,
+    /// Releases whose period starts before this day.
+    pub starts_before: Option<time::Date>,
+}
+
+/// One entry of the release index: its key (a position to resume after) and the release id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedRelease {
+    /// The index key, for a cursor.
+    pub key: Vec<u8>,
+    /// The release id, `PERIOD/ORG/MARGINAL`.
+    pub id: String,
+}
+
+/// The `releases_by_org` and `releases_by_time` keys of a release id `PERIOD/ORG/MARGINAL`.
+fn index_keys(id: &str) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let bad = || StoreError::Corrupt(format!("release id {id}"));
+    let mut parts = id.splitn(3, '/');
+    let (period, org, marginal) = (
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
+    let start = period.parse::<Period>().map_err(|_| bad())?.start();
+    Ok((
+        format!("{org}/{start}/{period}/{marginal}").into_bytes(),
+        format!("{start}/{period}/{org}/{marginal}").into_bytes(),
+    ))
 }
 
 /// Get-or-create of one key, safe under concurrency (compare-and-swap).
@@ -1001,6 +1160,40 @@ mod tests {
         let before: Vec<_> = before.into_iter().collect();
         assert_eq!(after, before);
         assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
+    }
+
+    #[test]
+    fn the_release_index_is_built_for_data_written_before_it_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Releases as an older version wrote them: in `releases` only, no index, no flag.
+        for id in ["2026-11/o/total", "2026-Q4/o/unit", "2026-10/p/total"] {
+            store.releases.insert(id, "{}").unwrap();
+        }
+        store.meta.remove(RELEASE_INDEX_KEY).unwrap();
+        store.build_release_index().unwrap();
+        let ids = |scan: &ReleaseScan<'_>| -> Vec<String> {
+            store
+                .release_index(scan, None)
+                .unwrap()
+                .map(|e| e.unwrap().id)
+                .collect()
+        };
+        assert_eq!(
+            ids(&ReleaseScan::default()),
+            // Period start, then the period's name: a month before its quarter.
+            ["2026-10/p/total", "2026-Q4/o/unit", "2026-11/o/total"]
+        );
+        let o = ReleaseScan {
+            org: Some("o"),
+            ..ReleaseScan::default()
+        };
+        assert_eq!(ids(&o), ["2026-Q4/o/unit", "2026-11/o/total"]);
+        // A key outside the scan is not a place to resume from.
+        assert!(matches!(
+            store.release_index(&o, Some(b"p/2026-10-01/2026-10/total")),
+            Err(StoreError::CursorOutOfRange)
+        ));
     }
 
     #[test]

@@ -23,7 +23,10 @@ use crate::store;
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;
-pub use reads::{ReleaseFilter, canonical_json, verify_export};
+pub use reads::{
+    DEFAULT_PAGE_RELEASES, MAX_PAGE_RELEASES, PageRequest, ReleaseFilter, ReleasePage, VerifyError,
+    canonical_json, verify_detached, verify_export,
+};
 pub use ticks::{TickAccepted, TickRequest};
 pub use tokens::{NewToken, NewTokenRequest};
 
@@ -165,6 +168,8 @@ pub struct Service {
     /// Serialises revocations, so the check "another admin remains" and the revocation are one
     /// step (the store is this process's alone).
     token_lock: Arc<Mutex<()>>,
+    /// Canonical JSON of releases already served (releases are immutable).
+    canonical: Arc<reads::CanonicalCache>,
 }
 
 impl Service {
@@ -213,6 +218,7 @@ impl Service {
             noise: Arc::new(OpenDpNoise),
             release_lock: Arc::new(Mutex::new(())),
             token_lock: Arc::new(Mutex::new(())),
+            canonical: Default::default(),
         };
         let mut created = None;
         if service.store.tokens()?.is_empty() {

@@ -7,6 +7,7 @@ mod faults;
 mod helpers;
 mod numbers;
 mod policy_edits;
+mod reads;
 mod releases;
 mod scan;
 mod secrets;
