@@ -145,7 +145,14 @@ impl From<ServiceError> for ApiError {
                 return ApiError::internal();
             }
         };
-        ApiError::new(status, code, e.to_string())
+        let message = match &e {
+            // The detail is the operating system's; the store logged it once.
+            Store(crate::store::StoreError::WriteFailed(_)) => {
+                "the server could not write to its storage, so the change may or may not have been made; check, and try again later".to_string()
+            }
+            _ => e.to_string(),
+        };
+        ApiError::new(status, code, message)
     }
 }
 

@@ -249,6 +249,7 @@ fn main() -> ExitCode {
     // Everything this process creates (the data directory, its files, token files) is for the
     // service's user alone: directories 0700, files 0600.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    raise_descriptor_limit();
     let spec = std::env::var(tellestrek::logging::LOG_ENV).ok();
     let filter = match tellestrek::logging::filter(spec.as_deref()) {
         Ok(f) => f,
@@ -387,16 +388,36 @@ fn default_token_file(data: &std::path::Path) -> PathBuf {
 /// The name of the server key among systemd's credentials (`LoadCredential=server-key:PATH`).
 const KEY_CREDENTIAL: &str = "server-key";
 
+/// Raises the soft limit of open files to 4096 (or the hard limit, if lower), so connections
+/// up to `server::MAX_CONNECTIONS` leave descriptors for the store; a failure leaves the limit.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    const WANT: u64 = 4096;
+    let mut limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if limit.current.is_some_and(|c| c < WANT.min(hard)) {
+        limit.current = Some(WANT.min(hard));
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 /// Reads the server key: the given file, else systemd's credential if there is one, else none
 /// (the data directory keeps its own).
 fn read_key_file(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(d) if std::path::Path::new(&d).join(KEY_CREDENTIAL).exists() => {
-                std::path::Path::new(&d).join(KEY_CREDENTIAL)
+            // Under systemd's credentials, a missing key is a mistake in the unit, not a wish to
+            // keep the key in the data directory.
+            Some(d) => {
+                let path = std::path::Path::new(&d).join(KEY_CREDENTIAL);
+                anyhow::ensure!(
+                    path.exists(),
+                    "$CREDENTIALS_DIRECTORY is set but holds no `{KEY_CREDENTIAL}`; add LoadCredential={KEY_CREDENTIAL}:/path/to/key to the unit (or pass --key-file)"
+                );
+                path
             }
-            _ => return Ok(None),
+            None => return Ok(None),
         },
     };
     let bytes = std::fs::read(&path).with_context(|| {
@@ -502,35 +523,44 @@ fn serve(
     let admin = std::env::var("TELLESTREK_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let (svc, created) =
-        Service::open_with_key(&data, policy, clock, admin.as_deref(), key.as_deref())
-            .with_context(|| format!("opening data directory {}", data.display()))?;
-    if let Some(token) = created {
-        if admin.is_some() {
-            println!("Created the admin token from TELLESTREK_ADMIN_TOKEN.");
-        } else {
-            // Never to standard output or the log (the journal keeps both): to a 0600 file.
-            write_secret_file(token_file, token.expose()).with_context(|| {
-                format!(
-                    "the admin token was created but could not be written; stop the server and run: tellestrek admin-token --data {} --out FILE",
-                    data.display()
-                )
-            })?;
-            println!(
-                "Created the first admin token in {} (mode 0600). Read it, keep it somewhere safe, then delete the file.",
-                token_file.display()
-            );
-        }
-    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let served = rt.block_on(async move {
-        // Signal handlers first, so a SIGTERM right after the banner shuts down gracefully.
+        // Signal handlers first, so a SIGTERM right after the banner shuts down gracefully;
+        // then the address, so a port in use fails before anything is written.
         let shutdown = server::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
+        let (svc, created) =
+            Service::open_with_key(&data, policy, clock, admin.as_deref(), key.as_deref())
+                .with_context(|| format!("opening data directory {}", data.display()))?;
+        if let Some(token) = created {
+            if admin.is_some() {
+                println!("Created the admin token from TELLESTREK_ADMIN_TOKEN.");
+            } else {
+                // Never to standard output or the log (the journal keeps both): to a 0600 file.
+                write_secret_file(token_file, token.expose()).with_context(|| {
+                    format!(
+                        "the admin token was created but could not be written; stop the server and run: tellestrek admin-token --data {} --out FILE",
+                        data.display()
+                    )
+                })?;
+                println!(
+                    "Created the first admin token in {} (mode 0600). Read it, keep it somewhere safe, then delete the file.",
+                    token_file.display()
+                );
+            }
+        }
         fresh.keep();
+        println!(
+            "Server key: {}",
+            if key.is_some() {
+                "from the key file, kept outside the data directory"
+            } else {
+                "kept in the data directory (use --key-file to keep it apart)"
+            }
+        );
         println!("Policy: {}", svc.policy_change().trim_end());
         println!(
             "Tellestrek listening on http://{addr} (data: {}, policy: {})",

@@ -414,11 +414,29 @@ fn fingerprints(p: &Policy) -> BTreeMap<(String, String), (Value, Granularity)> 
                 .collect();
             let load = matches!(m.kind, MarginalKind::SupporterLoad)
                 .then_some(p.thresholds.load_contacts_per_period);
+            // Which value counts in which group: moving a value changes what a group holds.
+            let groups: Vec<Value> = match &m.kind {
+                MarginalKind::Contacts(axes) => axes
+                    .iter()
+                    .filter_map(|a| match a {
+                        crate::policy::Axis::Group(i) => Some(json!(
+                            p.dimensions[*i]
+                                .values
+                                .iter()
+                                .map(|v| (v.id.as_str(), v.group.as_deref()))
+                                .collect::<Vec<_>>()
+                        )),
+                        _ => None,
+                    })
+                    .collect(),
+                MarginalKind::SupporterLoad => Vec::new(),
+            };
             let fp = json!({
                 "cadence": m.cadence.as_str(),
                 "axes": m.axis_names,
                 "load_threshold": load,
                 "cells": cells,
+                "groups": groups,
                 "sensitivity": p.sensitivity(m),
                 "release_budget": p.release_budget(m),
                 "budget": p.privacy.budget,

@@ -51,6 +51,13 @@ pub const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 /// flushing the store and exiting. Connections still open then (slow clients) are closed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
 
+/// Most connections open at once: 1024. Each holds a file descriptor; the binary raises its
+/// soft descriptor limit to at least 4096 at start (where the hard limit allows), so the store
+/// keeps descriptors for its databases whatever the clients do. Clients past the cap wait in
+/// the kernel's accept queue until a connection closes (the header timeout closes idle ones
+/// within 10 s).
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// How long to pause accepting after `accept` fails (for example too many open files), so a
 /// persistent error does not spin a core; connections already open are served meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -171,7 +178,9 @@ pub async fn run(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            // At the cap, accept no more until one closes: a flood of idle connections must not
+            // take the descriptors the store needs.
+            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
                 Ok((tcp, _peer)) => {
                     // Answers are written whole; Nagle would only delay them.
                     let _ = tcp.set_nodelay(true);

@@ -123,13 +123,26 @@ pub enum StoreError {
 
 /// A flush request: which database (a period's raw one, or the main one), its handle, and who
 /// to tell.
-type Waiter = (Option<Period>, Handle, oneshot::Sender<Result<(), String>>);
+type Waiter = (
+    Option<Period>,
+    Handle,
+    oneshot::Sender<Result<(), SyncFailure>>,
+);
 
-/// A sled database and its directory, so a flush can be made truly durable.
+/// Why a sync failed: in sled (which then refuses every write until the database is reopened),
+/// or in our `fdatasync` (which may pass the next time).
+#[derive(Debug, Clone)]
+enum SyncFailure {
+    Sled(String),
+    Io(String),
+}
+
+/// A sled database and its log file kept open, so a flush can be made truly durable without
+/// opening a file (which could fail when the process is out of descriptors).
 #[derive(Clone)]
 struct Handle {
     db: sled::Db,
-    dir: PathBuf,
+    log: Arc<File>,
 }
 
 impl Handle {
@@ -147,15 +160,27 @@ impl Handle {
         if let Some(parent) = dir.parent() {
             File::open(parent)?.sync_all()?;
         }
-        Ok(Handle { db, dir })
+        let log = Arc::new(File::open(dir.join("db"))?);
+        Ok(Handle { db, log })
     }
 
     /// Flushes sled's buffers, then `fdatasync`s its log file. On Linux sled 0.34 ends a flush
     /// with `sync_file_range`, which flushes neither the drive's write cache nor the file's new
     /// length; the extra `fdatasync` (one per group commit) does both.
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        File::open(self.dir.join("db"))?.sync_data()?;
+        self.sync_parts().map_err(|e| match e {
+            SyncFailure::Sled(m) | SyncFailure::Io(m) => StoreError::WriteFailed(m),
+        })
+    }
+
+    /// [`Handle::sync`], telling a failure of sled from one of the `fdatasync`.
+    fn sync_parts(&self) -> Result<(), SyncFailure> {
+        self.db
+            .flush()
+            .map_err(|e| SyncFailure::Sled(e.to_string()))?;
+        self.log
+            .sync_data()
+            .map_err(|e| SyncFailure::Io(e.to_string()))?;
         Ok(())
     }
 }
@@ -253,7 +278,8 @@ impl Store {
     /// Opens (or creates) the data directory `dir` and starts the flush thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        restrict(dir)?;
+        // The data directory itself may be a symlink (to an encrypted volume): follow it once.
+        restrict(&std::fs::canonicalize(dir)?)?;
         let main = Handle::open(dir.join("db"), None)?;
         let db = &main.db;
         let raw_dir = dir.join("raw");
@@ -266,11 +292,12 @@ impl Store {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
                     // One flush per database touched, shared by every waiter of this round.
-                    let mut done: BTreeMap<Option<Period>, Result<(), String>> = BTreeMap::new();
+                    let mut done: BTreeMap<Option<Period>, Result<(), SyncFailure>> =
+                        BTreeMap::new();
                     for (which, handle, tell) in waiters {
                         let result = done
                             .entry(which)
-                            .or_insert_with(|| handle.sync().map_err(|e| e.to_string()))
+                            .or_insert_with(|| handle.sync_parts())
                             .clone();
                         let _ = tell.send(result);
                     }
@@ -312,8 +339,12 @@ impl Store {
             return Ok(Some(db.clone()));
         }
         let path = self.raw_path(period);
-        if !create && !path.exists() {
-            return Ok(None);
+        if !path.exists() {
+            if !create {
+                return Ok(None);
+            }
+            // A new database is a write: not on a full disk.
+            self.guard()?;
         }
         let handle = Handle::open(path, Some(PERIOD_CACHE_BYTES))?;
         let db = PeriodDb {
@@ -351,7 +382,12 @@ impl Store {
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await
             .map_err(|_| StoreError::ShuttingDown)?
-            .map_err(|e| self.failed(e))
+            .map_err(|e| match e {
+                // sled refuses every write from now on: latched until a restart.
+                SyncFailure::Sled(m) => self.failed(m),
+                // Ours may pass the next time (descriptors, a transient error): not latched.
+                SyncFailure::Io(m) => StoreError::WriteFailed(m),
+            })
     }
 
     /// Records a failed write (sled refuses writes after one until reopened) and returns it.
@@ -409,7 +445,10 @@ impl Store {
 
     /// Syncs the main database (tokens, states, releases) synchronously.
     pub fn sync_main(&self) -> Result<(), StoreError> {
-        self.main.sync()
+        self.main.sync_parts().map_err(|e| match e {
+            SyncFailure::Sled(m) => self.failed(m),
+            SyncFailure::Io(m) => StoreError::WriteFailed(m),
+        })
     }
 
     /// Flushes every open database synchronously (shutdown, the lifecycle job).
@@ -500,6 +539,18 @@ impl Store {
                 Ok(TickApplied::Counted)
             })
             .map_err(tx_err)
+    }
+
+    /// The contacts counted in `period` under idempotency key hash `key`, if any.
+    pub fn idempotent_answer(
+        &self,
+        period: Period,
+        key: &[u8; 32],
+    ) -> Result<Option<u32>, StoreError> {
+        let Some(db) = self.period_db(period, false)? else {
+            return Ok(None);
+        };
+        Ok(db.idem.get(key)?.map(|v| be_u32(&v)))
     }
 
     /// Takes back a tick that [`Store::apply_tick`] counted but that could not be made durable,
@@ -708,7 +759,7 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_err)?;
-        self.main.sync().map_err(|e| self.failed(e.to_string()))?;
+        self.sync_main()?;
         crate::fault::point("release:staged");
         self.publish_staged()?;
         crate::fault::point("release:published");
@@ -748,7 +799,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_err)?;
-        self.main.sync().map_err(|e| self.failed(e.to_string()))?;
+        self.sync_main()?;
         Ok(())
     }
 

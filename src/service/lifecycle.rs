@@ -57,7 +57,9 @@ impl Service {
                 let period = b.within(m.cadence);
                 let last = *release::base_periods_in(period, gran).last().unwrap_or(b);
                 if self.is_closed(last, today) {
-                    due.insert((period.end(), m.cadence, period));
+                    // Ordered by the end of the last base period it covers (a month's last ISO
+                    // week can end after the month), so finer releases come first.
+                    due.insert((last.end(), m.cadence, period));
                 }
             }
         }
@@ -138,56 +140,79 @@ impl Service {
         let today = self.clock.today();
         let bases = self.base_periods()?;
         let mut report = LifecycleReport::default();
+        // The purge below runs whatever fails before it (a full disk, a refused or failed
+        // draw): retention never waits for anything. The first error is returned at the end.
+        let mut failure: Option<ServiceError> = None;
+        let mut note = |r: Result<(), ServiceError>| {
+            if let Err(e) = r {
+                failure.get_or_insert(e);
+            }
+        };
+        note(self.remember_latest_period());
         // The raw databases of the current and the next period exist before any tick, so the
         // first tick of a period is not slower than the rest (which would tell its sender they
         // were first) and no file is created at the moment of a tick.
         if let Some(current) = bases.last() {
-            self.store.period_secret(*current, fresh_secret)?;
-            self.store.period_secret(current.next(), fresh_secret)?;
+            note(
+                self.store
+                    .period_secret(*current, fresh_secret)
+                    .and_then(|_| self.store.period_secret(current.next(), fresh_secret))
+                    .map(|_| ())
+                    .map_err(Into::into),
+            );
         }
-        for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
-            if self.store.period_state(b)?.is_none() {
-                self.store.set_period_state(b, PeriodState::Closed)?;
-            }
-        }
-        crate::fault::point("lifecycle:closed");
-        let due = self.due_batches()?;
-        // Batches and periods are policy-level facts, never counts of ticks.
-        tracing::debug!(
-            batches_due = due.len(),
-            periods = bases.len(),
-            "lifecycle job"
-        );
-        for batch in due {
-            match self.draw_and_commit(&batch) {
-                Ok(ids) => report.drawn.extend(ids),
-                Err(ServiceError::BudgetExceeded { release, detail }) => {
-                    tracing::warn!(release = %release, %detail, "release refused: over the privacy budget");
-                    report.refused.push((release, detail));
+        note((|| {
+            for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+                if self.store.period_state(b)?.is_none() {
+                    self.store.set_period_state(b, PeriodState::Closed)?;
                 }
-                Err(e) => return Err(e),
             }
-        }
+            crate::fault::point("lifecycle:closed");
+            let due = self.due_batches()?;
+            // Batches and periods are policy-level facts, never counts of ticks.
+            tracing::debug!(
+                batches_due = due.len(),
+                periods = bases.len(),
+                "lifecycle job"
+            );
+            for batch in due {
+                match self.draw_and_commit(&batch) {
+                    Ok(ids) => report.drawn.extend(ids),
+                    Err(ServiceError::BudgetExceeded { release, detail }) => {
+                        tracing::warn!(release = %release, %detail, "release refused: over the privacy budget");
+                        report.refused.push((release, detail));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
+                if self.store.period_state(b)? == Some(PeriodState::Closed)
+                    && self.releases_ending_with(b)?.iter().all(|(_, done)| *done)
+                {
+                    self.store.set_period_state(b, PeriodState::Released)?;
+                    crate::fault::point("lifecycle:released");
+                }
+            }
+            Ok(())
+        })());
+        // Retention is kept whatever happened above: raw data of a period whose release was
+        // refused, or could not be drawn, is deleted on the same day as everyone else's.
         for &b in bases.iter().filter(|&&b| self.is_closed(b, today)) {
-            let state = self.store.period_state(b)?;
-            if state == Some(PeriodState::Closed)
-                && self.releases_ending_with(b)?.iter().all(|(_, done)| *done)
-            {
-                self.store.set_period_state(b, PeriodState::Released)?;
-                crate::fault::point("lifecycle:released");
-            }
-            // Retention is kept whatever happened to the releases: raw data of a period whose
-            // release was refused is deleted on the same day as everyone else's.
-            if matches!(
-                self.store.period_state(b)?,
-                Some(PeriodState::Closed | PeriodState::Released)
-            ) && today > self.purge_day(b)
-            {
-                self.store.purge(b)?;
-                report.purged.push(b);
-            }
+            let r = (|| {
+                if self.store.period_state(b)? != Some(PeriodState::Purged)
+                    && today > self.purge_day(b)
+                {
+                    self.store.purge(b)?;
+                    report.purged.push(b);
+                }
+                Ok(())
+            })();
+            note(r);
         }
-        self.store.flush()?;
+        note(self.store.flush().map_err(Into::into));
+        if let Some(e) = failure {
+            return Err(e);
+        }
         crate::fault::point("lifecycle:done");
         if !report.drawn.is_empty() || !report.purged.is_empty() {
             tracing::info!(
@@ -197,6 +222,21 @@ impl Service {
             );
         }
         Ok(report)
+    }
+
+    /// Records the current period as the latest this data directory has been used in, so that
+    /// a start with a clock set back is refused (see `Service::open`).
+    fn remember_latest_period(&self) -> Result<(), ServiceError> {
+        let current = Period::containing(self.regimes.granularity(), self.clock.today());
+        let seen = self
+            .store
+            .meta_text(super::LATEST_PERIOD_KEY)?
+            .and_then(|t| t.parse::<Period>().ok());
+        if seen.is_none_or(|s| s < current) {
+            self.store
+                .set_meta_text(super::LATEST_PERIOD_KEY, &current.to_string())?;
+        }
+        Ok(())
     }
 
     /// The releases (ids, and whether drawn) whose period ends with base period `b`.

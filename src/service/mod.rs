@@ -18,7 +18,7 @@ mod reads;
 mod ticks;
 mod tokens;
 
-use crate::regime::{self, Decision, Plan, Regimes};
+use crate::regime::{self, Plan, Regimes};
 use crate::store;
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
@@ -168,6 +168,8 @@ pub struct Service {
     /// Serialises revocations, so the check "another admin remains" and the revocation are one
     /// step (the store is this process's alone).
     token_lock: Arc<Mutex<()>>,
+    /// Requests with the same idempotency key take turns on one of these (sharded by key).
+    idempotency_locks: Arc<Vec<tokio::sync::Mutex<()>>>,
     /// Canonical JSON of releases already served (releases are immutable).
     canonical: Arc<reads::CanonicalCache>,
 }
@@ -203,10 +205,30 @@ impl Service {
                 .map_err(|e| StoreError::Secret(e.to_string()))
         })?;
         let signing = Arc::new(SigningKey::from_pkcs8(&pkcs8)?);
-        let plan = Self::plan_policy(dir, &store, &policy, clock.today())?;
-        if !matches!(plan.decision, Decision::Unchanged) {
-            store::write_regimes(dir, &plan.regimes.to_bytes())?;
+        let current = Period::containing(policy.granularity, clock.today());
+        // A clock set back would let periods be reopened and regimes be rewritten: refuse.
+        if let Some(seen) = store
+            .meta_text(LATEST_PERIOD_KEY)?
+            .and_then(|t| t.parse::<Period>().ok())
+            .filter(|p| p.granularity() == policy.granularity)
+            && current < seen
+        {
+            return Err(ServiceError::InvalidField {
+                field: "clock",
+                code: "clock_set_back",
+                message: format!(
+                    "the clock says the current period is {current}, but this data directory has already been used in {seen}; set the system clock (or TELLESTREK_NOW) right"
+                ),
+            });
         }
+        let plan = Self::plan_policy(dir, &store, &policy, clock.today())?;
+        // Written whenever it differs from what is stored, so that an edit that was scheduled and
+        // then reverted leaves no abandoned regime behind.
+        let bytes = plan.regimes.to_bytes();
+        if store::read_regimes(dir)?.as_deref() != Some(bytes.as_slice()) {
+            store::write_regimes(dir, &bytes)?;
+        }
+        store.set_meta_text(LATEST_PERIOD_KEY, &current.to_string())?;
         let service = Service {
             policy: Arc::new(policy),
             regimes: Arc::new(plan.regimes.clone()),
@@ -218,6 +240,7 @@ impl Service {
             noise: Arc::new(OpenDpNoise),
             release_lock: Arc::new(Mutex::new(())),
             token_lock: Arc::new(Mutex::new(())),
+            idempotency_locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
             canonical: Default::default(),
         };
         let mut created = None;
@@ -367,6 +390,9 @@ fn not_stored_message(detail: &StoreError, certain: bool) -> String {
         )
     }
 }
+
+/// The meta key of the latest base period this data directory has been used in.
+const LATEST_PERIOD_KEY: &str = "latest_period";
 
 /// The meta key of the server key, when the data directory keeps it.
 const SERVER_KEY: &str = "server_key";

@@ -79,9 +79,23 @@ impl Service {
         req: TickRequest,
         idempotency_key: Option<&str>,
     ) -> Result<TickAccepted, ServiceError> {
+        let explicit_period = req.period.is_some();
         let mut write = self.check_tick(who, req)?;
-        if let Some(key) = idempotency_key {
-            write.idempotency = Some(self.idempotency_hash(&write, who, key)?);
+        // Requests with the same key are handled one at a time, so a resend never sees a first
+        // request's tick that is about to be taken back.
+        let _one_at_a_time = match idempotency_key {
+            Some(key) => {
+                write.idempotency = Some(self.idempotency_hash(write.period, who, key)?);
+                Some(self.idempotency_lock(who, key).lock().await)
+            }
+            None => None,
+        };
+        // A resend without a period, after the period changed: the first may be in the
+        // previous period, which still takes ticks during its grace days.
+        if let Some(key) = idempotency_key.filter(|_| !explicit_period)
+            && let Some(first) = self.replay_in_previous(&write, who, key).await?
+        {
+            return Ok(first);
         }
         // The supporter's running count stays inside: no answer carries a raw count.
         let applied = self.store.apply_tick(&write).map_err(|e| match e {
@@ -99,10 +113,12 @@ impl Service {
             },
         })?;
         if let Err(e) = self.store.durable_period(write.period).await {
-            // Take it back in memory, so it is not counted when the store writes again. If
-            // even that fails, the store is broken and will be reopened from disk, where the
-            // tick may or may not have reached: the answer says so.
-            let certain = applied != TickApplied::Counted || self.store.undo_tick(&write).is_ok();
+            // Take it back, so it is not counted when the store writes again. Only if the
+            // taking back is itself on disk is the answer sure: sled may have written the tick
+            // before the sync failed.
+            let certain = applied != TickApplied::Counted
+                || (self.store.undo_tick(&write).is_ok()
+                    && self.store.durable_period(write.period).await.is_ok());
             return Err(ServiceError::NotStored { detail: e, certain });
         }
         Ok(TickAccepted {
@@ -115,11 +131,45 @@ impl Service {
         })
     }
 
+    /// The answer to a request counted under `key` in the period before `write`'s, if that
+    /// period still takes ticks and holds the key.
+    async fn replay_in_previous(
+        &self,
+        write: &TickWrite,
+        who: &Principal,
+        key: &str,
+    ) -> Result<Option<TickAccepted>, ServiceError> {
+        let previous = write.period.prev();
+        if previous < self.regimes.epoch()
+            || self.not_open_reason(previous, self.clock.today()).is_some()
+        {
+            return Ok(None);
+        }
+        let hash = self.idempotency_hash(previous, who, key)?;
+        let Some(n) = self.store.idempotent_answer(previous, &hash)? else {
+            return Ok(None);
+        };
+        self.store.durable_period(previous).await?;
+        Ok(Some(TickAccepted {
+            period: previous,
+            accepted: n,
+            replayed: true,
+        }))
+    }
+
+    /// The lock requests with this supporter's `key` take turns on (one of a few shards).
+    fn idempotency_lock(&self, who: &Principal, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&who.token_id, key).hash(&mut h);
+        &self.idempotency_locks[(h.finish() % self.idempotency_locks.len() as u64) as usize]
+    }
+
     /// The keyed hash an idempotency key is stored under: scoped to the supporter's token and
     /// the period, under the period's secret, so the stored bytes reveal neither.
     fn idempotency_hash(
         &self,
-        write: &TickWrite,
+        period: Period,
         who: &Principal,
         key: &str,
     ) -> Result<[u8; 32], ServiceError> {
@@ -130,7 +180,7 @@ impl Service {
                 message: "the header must be 1 to 255 visible ASCII characters, such as a UUID; use a new one for each contact".into(),
             });
         }
-        let secret = self.store.period_secret(write.period, fresh_secret)?;
+        let secret = self.store.period_secret(period, fresh_secret)?;
         Ok(self
             .server_key
             .period_secret(&secret)?

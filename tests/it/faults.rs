@@ -113,6 +113,47 @@ async fn a_resent_tick_with_the_same_idempotency_key_is_counted_once() {
     assert_eq!(app.snapshot(), before);
 }
 
+#[tokio::test]
+async fn a_resend_after_midnight_at_the_end_of_a_month_is_counted_once_in_the_first_month() {
+    let app = TestApp::new();
+    app.at(time::macros::datetime!(2026-11-30 23:59:30 UTC));
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    let send = || async {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/api/v1/ticks")
+            .header("authorization", format!("Bearer {sup}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "k-123")
+            .body(axum::body::Body::from(tick_body().to_string()))
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(app.router.clone(), req)
+            .await
+            .unwrap();
+        let replayed = resp.headers()["idempotent-replayed"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (replayed, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let first = send().await;
+    assert_eq!(first.1["period"], "2026-11");
+    // The answer was lost; the client resends a minute later, in December.
+    app.at(time::macros::datetime!(2026-12-01 00:00:30 UTC));
+    let again = send().await;
+    assert_eq!(again.0, "true");
+    assert_eq!(again.1, first.1, "answered as the first time, November");
+    assert_eq!(
+        app.total("2026-11") + app.total("2026-12"),
+        1,
+        "counted once"
+    );
+}
+
 /// Starts `serve` on `data` at instant `now`, with extra environment `env`.
 fn start(data: &Path, policy: &Path, now: &str, env: &[(&str, &str)]) -> Binary {
     let mut cmd = Binary::serve_command(data, Some(policy), now);

@@ -135,6 +135,32 @@ fn assert_guarantees(app: &TestApp, budget_2026: f64, budget_2027: f64) {
         };
         assert!(spent <= budget + 1e-9, "{org} {b}: {spent} over {budget}");
     }
+    // No base period is counted by more releases of one cadence than the policy it was
+    // collected under has tables of that cadence: a second draw under a new name would be.
+    let mut per_cadence: BTreeMap<(String, Period, String), usize> = BTreeMap::new();
+    for e in &ledger {
+        for b in &e.covers {
+            *per_cadence
+                .entry((
+                    e.org.clone(),
+                    *b,
+                    e.period.granularity().as_str().to_string(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    for ((org, b, cadence), n) in per_cadence {
+        let policy = app.svc.policy_at(b).unwrap();
+        let tables = policy
+            .marginals
+            .iter()
+            .filter(|m| m.cadence.as_str() == cadence)
+            .count();
+        assert!(
+            n <= tables,
+            "{org} {b}: {n} {cadence} releases for {tables} tables"
+        );
+    }
     let raw = app.svc.store().raw_periods().unwrap();
     assert!(
         !raw.contains(&"2026-11".parse().unwrap()),
@@ -162,6 +188,59 @@ async fn renaming_a_table_applies_to_new_periods_and_never_draws_a_period_again(
         "{drawn:?}"
     );
     assert_guarantees(&app, 2.0, 2.0);
+}
+
+#[tokio::test]
+async fn an_edit_scheduled_then_reverted_leaves_no_regime_behind() {
+    let (dir, clock, _, _) = collected().await;
+    let edited = DEFAULT_POLICY.replace("id = \"total\"", "id = \"total2\"");
+    let app = open(dir.path(), &edited, &clock).unwrap();
+    assert_eq!(app.svc.regimes().all().len(), 2);
+    drop(app);
+    let app = open(dir.path(), DEFAULT_POLICY, &clock).unwrap();
+    assert!(
+        app.svc.policy_change().contains("matches"),
+        "{}",
+        app.svc.policy_change()
+    );
+    drop(app);
+    let stored = std::fs::read_to_string(dir.path().join("regimes.json")).unwrap();
+    assert!(
+        !stored.contains("total2"),
+        "the reverted edit is gone from regimes.json"
+    );
+    // After the boundary, a restart with the original file draws January once, as `total`.
+    clock.set(datetime!(2027-02-10 08:00 UTC));
+    let app = open(dir.path(), DEFAULT_POLICY, &clock).unwrap();
+    assert_eq!(app.svc.regimes().all().len(), 1);
+    run_until(&app, &THROUGH_2027).await;
+    assert!(
+        app.svc
+            .store()
+            .release("2027-01/helse-vestfjord/total")
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        app.svc
+            .store()
+            .release("2027-01/helse-vestfjord/total2")
+            .unwrap()
+            .is_none()
+    );
+    assert_guarantees(&app, 2.0, 2.0);
+}
+
+#[tokio::test]
+async fn a_clock_set_back_is_refused_at_start() {
+    let (dir, clock, _, _) = collected().await;
+    clock.set(datetime!(2027-02-10 08:00 UTC));
+    drop(open(dir.path(), DEFAULT_POLICY, &clock).unwrap());
+    clock.set(datetime!(2026-12-10 08:00 UTC));
+    match open(dir.path(), DEFAULT_POLICY, &clock) {
+        Err(e) => assert!(e.to_string().contains("2027-02"), "{e}"),
+        Ok(_) => panic!("a start with the clock set back must be refused"),
+    }
 }
 
 #[tokio::test]
@@ -215,7 +294,7 @@ async fn raising_the_budget_applies_from_next_year_and_lowering_it_at_once() {
 }
 
 #[tokio::test]
-async fn a_new_period_length_or_mechanism_or_unit_of_privacy_is_refused_at_start() {
+async fn a_new_period_length_grace_mechanism_or_unit_of_privacy_is_refused_at_start() {
     let (dir, clock, _, _) = collected().await;
     let before = std::fs::read(dir.path().join("regimes.json")).unwrap();
     for (text, key) in [
@@ -233,6 +312,10 @@ async fn a_new_period_length_or_mechanism_or_unit_of_privacy_is_refused_at_start
         (
             DEFAULT_POLICY.replace("grace_days = 7", "grace_days = 14"),
             "period.grace_days",
+        ),
+        (
+            DEFAULT_POLICY.replace("unit = \"contact\"", "unit = \"supporter\""),
+            "privacy.unit",
         ),
     ] {
         let err = match open(dir.path(), &text, &clock) {
