@@ -234,6 +234,9 @@ struct Health {
     full: std::sync::atomic::AtomicBool,
     /// A write failed with an I/O error; sled refuses writes from then on.
     failed: Mutex<Option<String>>,
+    /// Syncs still to fail on purpose (fault injection for tests; see
+    /// [`Store::fail_next_syncs`]).
+    failing_syncs: std::sync::atomic::AtomicU32,
 }
 
 /// Whether the store can write, for `/readyz`.
@@ -376,6 +379,15 @@ impl Store {
     }
 
     async fn durable_db(&self, which: Option<Period>, handle: Handle) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .health
+            .failing_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::WriteFailed("injected sync failure".into()));
+        }
         let (tx, rx) = oneshot::channel();
         self.flusher
             .send((which, handle, tx))
@@ -398,6 +410,14 @@ impl Store {
             *f = Some(detail.clone());
         }
         StoreError::WriteFailed(detail)
+    }
+
+    /// Fault injection for tests: the next `n` waits for durability fail as a failed
+    /// `fdatasync` would (after the write was applied in memory). Nothing calls it in service.
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.health
+            .failing_syncs
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Refuses a write before it starts if the store cannot take it: a failed store, or a disk

@@ -114,6 +114,50 @@ async fn a_resent_tick_with_the_same_idempotency_key_is_counted_once() {
 }
 
 #[tokio::test]
+async fn a_tick_whose_sync_fails_is_answered_503_and_not_counted() {
+    let app = TestApp::new();
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 1)
+        .await;
+    let before = app.snapshot();
+    // The tick is applied in memory, then its sync fails (and the sync of its taking back).
+    app.svc.store().fail_next_syncs(1);
+    let (s, v) = app
+        .call("POST", "/api/v1/ticks", Some(&sup), Some(tick_body()))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("storage_unavailable")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not counted"),
+        "{v}"
+    );
+    assert_eq!(app.snapshot(), before, "taken back: nothing changed");
+    // When the undo cannot be made durable either, the answer does not pretend to know.
+    app.svc.store().fail_next_syncs(2);
+    let (s, v) = app
+        .call("POST", "/api/v1/ticks", Some(&sup), Some(tick_body()))
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may or may not"),
+        "{v}"
+    );
+    // Later syncs pass: the refused ticks were not counted, the first one was.
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 1)
+        .await;
+    assert_eq!(app.total("2026-11"), 2);
+}
+
+#[tokio::test]
 async fn a_resend_after_midnight_at_the_end_of_a_month_is_counted_once_in_the_first_month() {
     let app = TestApp::new();
     app.at(time::macros::datetime!(2026-11-30 23:59:30 UTC));
