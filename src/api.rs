@@ -375,6 +375,13 @@ impl FromRequestParts<Service> for Principal {
                 }
             }
         };
+        if token.is_none() {
+            // The tick page's offline queue calls the API with the session cookie and the
+            // session's form token (src/web).
+            if let Some(who) = crate::web::api_session(&parts.headers, svc)? {
+                return Ok(who);
+            }
+        }
         Ok(svc.authenticate(token)?)
     }
 }
