@@ -337,6 +337,13 @@ struct DonePage {
     other_lang: &'static str,
     here: String,
     signout_csrf: Option<String>,
+    csrf: String,
+    /// A fresh idempotency key for "the same again".
+    key: String,
+    /// The last answers, for "the same again" (empty: only the plain link).
+    answers: Vec<(String, String)>,
+    /// The tick page with the last answers preselected.
+    again: String,
 }
 
 fn version() -> &'static str {
@@ -632,8 +639,14 @@ fn tick_page_for(
     html(status, page.render())
 }
 
-/// `GET /tick`: the supporter's tick form.
-async fn tick_page(State(svc): State<Service>, ctx: Ctx) -> Response {
+/// `GET /tick`: the supporter's tick form; answers in the query (from the confirmation's
+/// "another conversation" link) are preselected, so a similar contact takes two taps without
+/// JavaScript too.
+async fn tick_page(
+    State(svc): State<Service>,
+    ctx: Ctx,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
     let (session, who) = match supporter(&ctx) {
         Ok(x) => x,
         Err(r) => return r,
@@ -643,10 +656,43 @@ async fn tick_page(State(svc): State<Service>, ctx: Ctx) -> Response {
         &ctx,
         &session,
         &who,
-        &BTreeMap::new(),
+        &answers(query),
         None,
         StatusCode::OK,
     )
+}
+
+/// The tick answers (`unit`, `dim.*`) of a query, first of each name.
+fn answers(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in query.map(|Query(q)| q).unwrap_or_default() {
+        if k == "unit" || k.starts_with("dim.") {
+            out.entry(k).or_insert(v);
+        }
+    }
+    out
+}
+
+/// `answers` as a query string, for the confirmation's links. It stays on the device (the
+/// server keeps no access log and sends no `Referer`), like the script's remembered answers.
+fn answers_query(answers: &BTreeMap<String, String>) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    /// Ids are `[a-z0-9_-]`, dimension fields `dim.ID`: those stay readable.
+    const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
+    answers
+        .iter()
+        .filter(|(k, _)| *k == "unit" || k.starts_with("dim."))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, QUERY),
+                utf8_percent_encode(v, QUERY)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `POST /tick`: logs one contact from the form (CSRF-checked, counted once per form key),
@@ -699,7 +745,7 @@ async fn tick_post(
     };
     let key = chosen.get("key").cloned();
     match svc.log_tick_once(&who, req, key.as_deref()).await {
-        Ok(_) => see_other("/tick/done", vec![]),
+        Ok(_) => see_other(&format!("/tick/done?{}", answers_query(&chosen)), vec![]),
         Err(e) => {
             let (status, problem) = match &e {
                 ServiceError::OverCap { .. } => (StatusCode::TOO_MANY_REQUESTS, t.get("tick-cap")),
@@ -718,12 +764,17 @@ async fn tick_post(
 }
 
 /// `GET /tick/done`: the confirmation. It shows no count, not even the supporter's own: a
-/// shared or lost phone must not tell how many talks its owner had.
-async fn tick_done(ctx: Ctx) -> Response {
+/// shared or lost phone must not tell how many talks its owner had. It offers the same
+/// answers again in one tap (a form with a fresh key) and a similar contact in two.
+async fn tick_done(
+    ctx: Ctx,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
     let (session, _) = match supporter(&ctx) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let answers = answers(query);
     html(
         StatusCode::OK,
         DonePage {
@@ -731,7 +782,11 @@ async fn tick_done(ctx: Ctx) -> Response {
             v: version(),
             other_lang: ctx.lang.other().code(),
             here: "/tick".into(),
+            csrf: session.csrf.clone(),
             signout_csrf: Some(session.csrf),
+            key: crate::auth::random_id().unwrap_or_default(),
+            again: format!("/tick?{}", answers_query(&answers)),
+            answers: answers.into_iter().collect(),
         }
         .render(),
     )

@@ -15,3 +15,4 @@ mod start;
 mod statistics;
 mod ticks;
 mod tokens;
+mod web;
