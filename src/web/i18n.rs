@@ -123,7 +123,7 @@ mod tests {
         let en = ids(include_str!("locales/en/main.ftl"));
         assert_eq!(nb, en);
         assert!(nb.len() > 30);
-        for id in &nb {
+        for id in nb.iter().filter(|id| *id != "site-name") {
             assert_ne!(Tr(Lang::En).get(id), Tr(Lang::Nb).get(id), "{id}");
         }
     }
