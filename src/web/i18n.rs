@@ -123,8 +123,15 @@ mod tests {
         let en = ids(include_str!("locales/en/main.ftl"));
         assert_eq!(nb, en);
         assert!(nb.len() > 30);
+        let text = |l: Lang, id: &str| match id {
+            "home-body" => Tr(l).get1(id, "role", "x"),
+            "invite-body" => Tr(l).get1(id, "days", 1),
+            _ => Tr(l).get(id),
+        };
         for id in nb.iter().filter(|id| *id != "site-name") {
-            assert_ne!(Tr(Lang::En).get(id), Tr(Lang::Nb).get(id), "{id}");
+            let (en, nb) = (text(Lang::En, id), text(Lang::Nb, id));
+            assert!(!en.contains("Unknown localization key"), "{id}: {en}");
+            assert_ne!(en, nb, "{id}");
         }
     }
 
