@@ -2,7 +2,6 @@
 site-name = Tellestrek
 skip-to-content = Skip to content
 lang-switch = På norsk
-lang-switch-label = Bytt språk til norsk
 never-stored-title = What is never stored
 never-stored-body = No names, no time of day and no text. Once the period is purged, nobody can link a tick to a person. Only numbers with random noise for whole units are published.
 signin-title = Sign in

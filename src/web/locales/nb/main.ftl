@@ -2,7 +2,6 @@
 site-name = Tellestrek
 skip-to-content = Gå til innholdet
 lang-switch = In English
-lang-switch-label = Change the language to English
 never-stored-title = Dette lagres aldri
 never-stored-body = Ingen navn, ikke klokkeslett og ingen tekst. Når perioden er slettet, kan ingen knytte et kryss til en person. Bare tall med tilfeldig støy for hele enheter blir publisert.
 signin-title = Logg inn
