@@ -26,9 +26,7 @@ pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;
 pub use reads::{ReleaseFilter, canonical_json, verify_export};
-pub use sessions::{
-    FollowUp, InviteInfo, NewInvite, NewInviteRequest, NewSession, Session,
-};
+pub use sessions::{FollowUp, InviteInfo, NewInvite, NewInviteRequest, NewSession, Session};
 pub use ticks::{TickAccepted, TickRequest};
 pub use tokens::{NewToken, NewTokenRequest};
 

@@ -128,7 +128,10 @@ mod tests {
             "invite-body" => Tr(l).get1(id, "days", 1),
             _ => Tr(l).get(id),
         };
-        for id in nb.iter().filter(|id| !["site-name", "role-admin"].contains(&id.as_str())) {
+        for id in nb
+            .iter()
+            .filter(|id| !["site-name", "role-admin"].contains(&id.as_str()))
+        {
             let (en, nb) = (text(Lang::En, id), text(Lang::Nb, id));
             assert!(!en.contains("Unknown localization key"), "{id}: {en}");
             assert_ne!(en, nb, "{id}");
@@ -137,7 +140,15 @@ mod tests {
 
     #[test]
     fn arguments_are_filled_in() {
-        assert!(Tr(Lang::Nb).get1("invite-body", "days", 180).contains("180 dager"));
-        assert!(Tr(Lang::En).get1("invite-body", "days", 180).contains("180 days"));
+        assert!(
+            Tr(Lang::Nb)
+                .get1("invite-body", "days", 180)
+                .contains("180 dager")
+        );
+        assert!(
+            Tr(Lang::En)
+                .get1("invite-body", "days", 180)
+                .contains("180 days")
+        );
     }
 }

@@ -452,11 +452,7 @@ fn session_cookie(ctx: &Ctx, s: &crate::service::NewSession) -> HeaderValue {
 
 /// `GET /invite/{secret}`: a page with one button that signs this device in. Opening the link
 /// changes nothing, so a link preview (a chat app fetching the URL) does not use it up.
-async fn invite_page(
-    State(svc): State<Service>,
-    ctx: Ctx,
-    Path(secret): Path<String>,
-) -> Response {
+async fn invite_page(State(svc): State<Service>, ctx: Ctx, Path(secret): Path<String>) -> Response {
     if secret.is_empty()
         || secret.len() > 100
         || !secret
@@ -549,7 +545,10 @@ struct Back {
 
 /// `GET /lang/{nb|en}?back=/path`: remembers the language for a year and goes back. Only a
 /// path of this site is followed (no open redirect).
-async fn switch_lang(ctx: Ctx, Path(lang): Path<String>, back: Result<Query<Back>, QueryRejection>,
+async fn switch_lang(
+    ctx: Ctx,
+    Path(lang): Path<String>,
+    back: Result<Query<Back>, QueryRejection>,
 ) -> Response {
     let Some(lang) = Lang::parse(&lang) else {
         return message(&ctx, StatusCode::NOT_FOUND, "error-title", "not-found");
@@ -567,14 +566,13 @@ async fn switch_lang(ctx: Ctx, Path(lang): Path<String>, back: Result<Query<Back
     )
 }
 
-/// The signed-in supporter, or a redirect to sign-in.
-fn supporter(ctx: &Ctx) -> Result<(Session, Principal), Response> {
+/// The signed-in supporter (`None`: send the device to `/` to sign in).
+fn supporter(ctx: &Ctx) -> Option<(Session, Principal)> {
     match &ctx.session {
         Some((s, _)) if s.principal.role == Role::Supporter && s.principal.org.is_some() => {
-            Ok((s.clone(), s.principal.clone()))
+            Some((s.clone(), s.principal.clone()))
         }
-        Some(_) => Err(Redirect::to("/").into_response()),
-        None => Err(Redirect::to("/").into_response()),
+        _ => None,
     }
 }
 
@@ -647,9 +645,8 @@ async fn tick_page(
     ctx: Ctx,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let (session, who) = match supporter(&ctx) {
-        Ok(x) => x,
-        Err(r) => return r,
+    let Some((session, who)) = supporter(&ctx) else {
+        return Redirect::to("/").into_response();
     };
     tick_page_for(
         &svc,
@@ -702,9 +699,8 @@ async fn tick_post(
     ctx: Ctx,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (session, who) = match supporter(&ctx) {
-        Ok(x) => x,
-        Err(r) => return r,
+    let Some((session, who)) = supporter(&ctx) else {
+        return Redirect::to("/").into_response();
     };
     let fields: Vec<(String, String)> = form.map(|Form(f)| f).unwrap_or_default();
     let mut chosen = BTreeMap::new();
@@ -770,9 +766,8 @@ async fn tick_done(
     ctx: Ctx,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let (session, _) = match supporter(&ctx) {
-        Ok(x) => x,
-        Err(r) => return r,
+    let Some((session, _)) = supporter(&ctx) else {
+        return Redirect::to("/").into_response();
     };
     let answers = answers(query);
     html(
@@ -807,9 +802,8 @@ async fn follow_up(
     ctx: Ctx,
     form: Result<Form<FollowUpForm>, FormRejection>,
 ) -> Response {
-    let (session, who) = match supporter(&ctx) {
-        Ok(x) => x,
-        Err(r) => return r,
+    let Some((session, who)) = supporter(&ctx) else {
+        return Redirect::to("/").into_response();
     };
     let Ok(Form(form)) = form else {
         return csrf_refused(&ctx);

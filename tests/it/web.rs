@@ -195,7 +195,11 @@ async fn an_invite_link_signs_a_phone_in_once_and_the_tick_form_counts_once() {
     let before = app.total("2026-11");
     let done = post_fields(&mut phone, "/tick", &fields).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
-    assert!(done.location().starts_with("/tick/done?"), "{}", done.location());
+    assert!(
+        done.location().starts_with("/tick/done?"),
+        "{}",
+        done.location()
+    );
     // The same form sent twice (a double tap, a resend) is counted once.
     let again = post_fields(&mut phone, "/tick", &fields).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER);
@@ -213,14 +217,25 @@ async fn an_invite_link_signs_a_phone_in_once_and_the_tick_form_counts_once() {
         .collect();
     assert_ne!(same[1].1, fields[1].1, "a fresh key");
     for (k, v) in &same[2..] {
-        assert!(confirmation.body.contains(&format!("name=\"{k}\" value=\"{v}\"")), "{k}");
+        assert!(
+            confirmation
+                .body
+                .contains(&format!("name=\"{k}\" value=\"{v}\"")),
+            "{k}"
+        );
     }
     let r = post_fields(&mut phone, "/tick", &same).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(app.total("2026-11"), before + 2);
     // "A different conversation" preselects the last answers.
-    let again = phone.get(&done.location().replace("/tick/done", "/tick")).await;
-    assert!(again.body.contains("value=\"akuttmottak\" required checked"));
+    let again = phone
+        .get(&done.location().replace("/tick/done", "/tick"))
+        .await;
+    assert!(
+        again
+            .body
+            .contains("value=\"akuttmottak\" required checked")
+    );
     assert!(confirmation.body.contains("samtalen er registrert"));
     let text = visible_text(&confirmation.body);
     assert!(
@@ -263,7 +278,12 @@ async fn expired_and_revoked_invites_sign_nobody_in() {
     assert!(!list.to_string().contains(&revoked["/invite/".len()..]));
     let id = invites[1]["id"].as_str().unwrap();
     let (status, _) = app
-        .call("DELETE", &format!("/api/v1/invites/{id}"), Some(ADMIN), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/invites/{id}"),
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let id0 = invites[0]["id"].as_str().unwrap().to_string();
@@ -283,7 +303,12 @@ async fn expired_and_revoked_invites_sign_nobody_in() {
     assert_eq!(r.status, StatusCode::GONE, "15 days later the link expired");
     assert!(r.body.contains("utløpt"));
     let (status, _) = app
-        .call("DELETE", &format!("/api/v1/invites/{id0}"), Some(ADMIN), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/invites/{id0}"),
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "a used invite is gone");
 }
@@ -507,7 +532,11 @@ async fn the_language_switch_is_remembered() {
     let r = b.get("/lang/en?back=/tick").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.location(), "/tick");
-    assert!(r.set_cookie("tellestrek_lang").unwrap().contains("Max-Age="));
+    assert!(
+        r.set_cookie("tellestrek_lang")
+            .unwrap()
+            .contains("Max-Age=")
+    );
     let page = b.get("/").await;
     assert!(page.body.contains("lang=\"en\""));
     assert!(page.body.contains("What is never stored"));
@@ -539,7 +568,10 @@ async fn assets_are_served_from_memory_with_long_caching() {
         );
         assert_eq!(r.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
-    assert_eq!(b.get("/assets/nope.css").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        b.get("/assets/nope.css").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -572,7 +604,10 @@ async fn pages_carry_a_strict_csp_and_load_nothing_from_another_host() {
     }
     for a in ["site.css", "tick.js"] {
         let body = b.get(&format!("/assets/{a}")).await.body;
-        assert!(!body.contains("http://") && !body.contains("https://"), "{a}");
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{a}"
+        );
     }
 }
 
