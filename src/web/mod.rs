@@ -441,7 +441,7 @@ async fn sign_in(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
             "error-title",
-            "error-title",
+            "error-retry",
         ),
     }
 }
@@ -507,7 +507,7 @@ async fn invite_redeem(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
             "error-title",
-            "error-title",
+            "error-retry",
         ),
     }
 }
@@ -818,7 +818,7 @@ async fn follow_up(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
             "error-title",
-            "error-title",
+            "error-retry",
         ),
     }
 }

@@ -634,3 +634,116 @@ async fn secure_cookies_only_behind_a_trusted_proxy_that_says_https() {
         assert_eq!(c.contains("Secure"), secure, "{trusted} {proto}: {c}");
     }
 }
+
+#[tokio::test]
+async fn a_session_lasts_session_days_and_ends_with_its_account() {
+    let app = TestApp::new();
+    let path = invite(&app, ADMIN, json!({"org": "helse-vestfjord"})).await;
+    let mut phone = Browser::new(&app);
+    open_invite(&mut phone, &path).await;
+    let (_, v) = app.call("GET", "/api/v1/invites", Some(ADMIN), None).await;
+    assert_eq!(v["invites"], json!([]), "a used invite is no longer open");
+    app.at(datetime!(2027-05-21 10:00 UTC));
+    assert_eq!(phone.get("/tick").await.status, StatusCode::OK, "day 179");
+    app.at(datetime!(2027-05-23 10:00 UTC));
+    assert_eq!(phone.get("/tick").await.location(), "/", "after 180 days");
+
+    // Revoking the account's token signs every device of it out.
+    app.at(crate::helpers::NOW);
+    let path = invite(&app, ADMIN, json!({"org": "helse-vestfjord"})).await;
+    let mut phone = Browser::new(&app);
+    open_invite(&mut phone, &path).await;
+    let (_, tokens) = app.call("GET", "/api/v1/tokens", Some(ADMIN), None).await;
+    let supporters: Vec<&serde_json::Value> = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["role"] == "supporter")
+        .collect();
+    for t in &supporters {
+        let id = t["id"].as_str().unwrap();
+        let (status, _) = app
+            .call("DELETE", &format!("/api/v1/tokens/{id}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(phone.get("/tick").await.location(), "/", "revoked");
+}
+
+#[tokio::test]
+async fn two_devices_of_one_account_are_one_supporter() {
+    let app = TestApp::new();
+    let (status, first) = app
+        .call(
+            "POST",
+            "/api/v1/invites",
+            Some(ADMIN),
+            Some(json!({"org": "helse-vestfjord"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let account = first["account"].as_str().unwrap();
+    let second = invite(&app, ADMIN, json!({"account": account})).await;
+    let mut phone = Browser::new(&app);
+    let mut laptop = Browser::new(&app);
+    open_invite(&mut phone, first["path"].as_str().unwrap()).await;
+    open_invite(&mut laptop, &second).await;
+    // The per-supporter cap counts both devices together.
+    let cap = app.svc.policy().max_ticks_per_supporter_period;
+    for i in 0..cap {
+        let b = if i % 2 == 0 { &mut phone } else { &mut laptop };
+        let form = b.get("/tick").await;
+        let r = post_fields(b, "/tick", &first_answers(&form)).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "tick {i}");
+    }
+    let form = laptop.get("/tick").await;
+    let r = post_fields(&mut laptop, "/tick", &first_answers(&form)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one supporter's cap"
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_link_for_each_role_for_the_demo() {
+    use tellestrek::domain::Role;
+    let app = TestApp::new();
+    let link = app
+        .svc
+        .sign_in_link(Role::Leader, Some("helse-vestfjord"), None)
+        .unwrap();
+    let mut b = Browser::new(&app);
+    let r = open_invite(&mut b, &link).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(b.get("/").await.body.contains("leder"));
+    let link = app
+        .svc
+        .sign_in_link(Role::Supporter, Some("helse-vestfjord"), Some("Demo"))
+        .unwrap();
+    let mut b = Browser::new(&app);
+    open_invite(&mut b, &link).await;
+    assert_eq!(b.get("/").await.location(), "/tick");
+}
+
+#[test]
+fn the_web_policy_keys_are_validated() {
+    use tellestrek::policy::{DEFAULT_POLICY, Policy};
+    let p = Policy::builtin();
+    assert_eq!((p.web.invite_days, p.web.session_days), (14, 180));
+    for (key, text) in [
+        ("web.invite_days", "[web]\ninvite_days = 0\n"),
+        ("web.session_days", "[web]\nsession_days = 401\n"),
+    ] {
+        let e = Policy::from_str("t.toml", &format!("{DEFAULT_POLICY}\n{text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    let ok = Policy::from_str(
+        "t.toml",
+        &format!("{DEFAULT_POLICY}\n[web]\ninvite_days = 7\nsession_days = 30\n"),
+    )
+    .unwrap();
+    assert_eq!((ok.web.invite_days, ok.web.session_days), (7, 30));
+}

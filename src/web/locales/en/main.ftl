@@ -42,6 +42,7 @@ js-usual = Your usual answers are preselected. They are stored on this device on
 js-queued = You are offline. The conversation is saved on this device and sent when the connection returns.
 js-sent = Conversations saved offline have now been sent.
 js-too-late = A conversation saved offline came too late to be counted, and was discarded.
+error-retry = The service could not save this just now. Try again in a while.
 error-title = Something went wrong
 csrf-failed = The form had expired. Go back, reload the page and try again.
 not-found = There is no such page.

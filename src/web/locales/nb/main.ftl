@@ -42,6 +42,7 @@ js-usual = Svarene du pleier å gi er valgt på forhånd. De er lagret bare på 
 js-queued = Du er uten nett. Samtalen er lagret på denne enheten og sendes når nettet er tilbake.
 js-sent = Samtaler som ble lagret uten nett, er nå sendt.
 js-too-late = En samtale som ble lagret uten nett, kom for sent til å telles, og er slettet.
+error-retry = Tjenesten kunne ikke lagre dette akkurat nå. Prøv igjen om litt.
 error-title = Noe gikk galt
 csrf-failed = Skjemaet var utløpt. Gå tilbake, last siden på nytt og prøv igjen.
 not-found = Siden finnes ikke.
