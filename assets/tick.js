@@ -1,8 +1,9 @@
 // Tellestrek tick page: small conveniences on top of a form that works without JavaScript.
 // - The usual answers are remembered on this device only (localStorage) and preselected.
-// - A tick made offline (or while the server is unreachable) is queued on this device and
-//   sent later to POST /api/v1/ticks with its period and an Idempotency-Key, so it is counted
-//   once in the period it was made; a tick that arrives too late is discarded with a message.
+// - A tick is sent to POST /api/v1/ticks with the form's key. Made offline, or while the
+//   server is unreachable or cannot store it, it is queued on this device and sent later with
+//   its period and its Idempotency-Key, so it is counted once in the period it was made; a
+//   tick that arrives too late is discarded with a message.
 // Nothing here is sent anywhere but the page's own server.
 (function () {
   "use strict";
@@ -82,17 +83,44 @@
     }).catch(function () { flushing = false; });
   }
 
-  form.addEventListener("submit", function (ev) {
-    var answers = chosen();
-    save(USUAL, answers);
-    if (navigator.onLine !== false) { return; }  // online: the normal form post
-    ev.preventDefault();
+  function queueTick(answers) {
     var queue = load(QUEUE, []);
     queue.push({ key: form.elements.namedItem("key").value, body: body(answers) });
     save(QUEUE, queue);
     say(form.dataset.msgQueued);
     // A fresh key for the next contact made on this page.
     form.elements.namedItem("key").value = "q-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+  }
+
+  var sending = false;
+  form.addEventListener("submit", function (ev) {
+    var answers = chosen();
+    save(USUAL, answers);
+    ev.preventDefault();
+    if (sending) { return; }
+    if (navigator.onLine === false) { queueTick(answers); return; }
+    // Sent to the API with the form's key: if the server cannot be reached (or cannot store
+    // it now), the tick is queued on this device instead of lost.
+    sending = true;
+    var item = { key: form.elements.namedItem("key").value, body: body(answers) };
+    send(item).then(function (res) {
+      sending = false;
+      if (res.status === 201) {
+        var q = Object.keys(answers).map(function (k) {
+          return encodeURIComponent(k) + "=" + encodeURIComponent(answers[k]);
+        }).join("&");
+        window.location.assign("/tick/done?" + q);
+      } else if (res.status >= 500) {
+        queueTick(answers);
+      } else {
+        // Refused (the cap, a closed period, signed out): the plain form post shows why, in
+        // the page's language. Nothing was counted, and the key keeps it counted once.
+        form.submit();
+      }
+    }).catch(function () {
+      sending = false;
+      queueTick(answers);
+    });
   });
   window.addEventListener("online", flush);
   setInterval(flush, 15000);

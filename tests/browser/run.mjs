@@ -37,10 +37,9 @@ function freePort() {
   });
 }
 
-async function startDemo(port) {
-  const child = spawn(binary, ["demo", "--listen", `127.0.0.1:${port}`], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+/** Starts the binary with `args` and waits until it listens; returns it and its output. */
+async function start(args) {
+  const child = spawn(binary, args, { stdio: ["ignore", "pipe", "inherit"] });
   let out = "";
   await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`demo did not start:\n${out}`)), 120000);
@@ -51,16 +50,31 @@ async function startDemo(port) {
         resolve();
       }
     });
-    child.on("exit", (code) => reject(new Error(`demo exited ${code}:\n${out}`)));
+    child.on("exit", (code) => reject(new Error(`${args[0]} exited ${code}:\n${out}`)));
   });
+  return { child, out };
+}
+
+function stop(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.on("exit", () => resolve());
+    child.kill("SIGTERM");
+  });
+}
+
+async function startDemo(port) {
+  const { child, out } = await start(["demo", "--listen", `127.0.0.1:${port}`, "--data", dataDir]);
   const admin = out.match(/^\s+admin\s+(\S+)\s*$/m);
   if (!admin) throw new Error(`no admin token in the demo's output:\n${out}`);
   return { child, admin: admin[1] };
 }
 
+const workDir = fs.mkdtempSync(path.join(process.env.TMPDIR || "/tmp", "tellestrek-browser-"));
+const dataDir = path.join(workDir, "data");
 const port = await freePort();
 const origin = `http://127.0.0.1:${port}`;
-const demo = await startDemo(port);
+let demo = await startDemo(port);
 const foreign = [];
 
 async function invite(name) {
@@ -210,7 +224,7 @@ try {
     });
     await context.setOffline(true);
     await page.getByRole("button", { name: "Registrer", exact: true }).click();
-    await page.getByText("Du er uten nett").waitFor();
+    await page.getByText("Ingen forbindelse med tjenesten").waitFor();
     await shot(page, "tick-390-nb-offline");
     const queued = await page.evaluate(() => JSON.parse(localStorage.getItem("tellestrek.queue")));
     check(queued.length === 1 && /^\d{4}-\d{2}$/.test(queued[0].body.period), "the offline tick is queued with its period");
@@ -230,6 +244,46 @@ try {
       return { status: r.status, replayed: r.headers.get("idempotent-replayed") };
     }, queued[0]);
     check(again.status === 201 && again.replayed === "true", "sent again, it is counted once (a replay)");
+    await context.close();
+  }
+
+  // --- The server goes away: the tick is queued and sent when the server is back (a restart
+  // of the same data directory), counted once.
+  {
+    const { context, page } = await newDevice(PHONE);
+    await page.goto(await invite("Liv"));
+    await page.getByRole("button", { name: "Logg inn på denne enheten" }).click();
+    await page.waitForURL(`${origin}/tick`);
+    await chooseAll(page);
+    const answers = [];
+    page.on("response", (r) => {
+      if (r.url().endsWith("/api/v1/ticks")) {
+        answers.push({ status: r.status(), replayed: r.headers()["idempotent-replayed"] });
+      }
+    });
+    await stop(demo.child);
+    await page.getByRole("button", { name: "Registrer", exact: true }).click();
+    await page.getByText("Ingen forbindelse med tjenesten").waitFor();
+    const queued = await page.evaluate(() => JSON.parse(localStorage.getItem("tellestrek.queue")));
+    check(queued.length === 1, "with the server down, the tick is queued on the device");
+    const served = await start(["serve", "--data", dataDir, "--policy", "policy/default.toml",
+      "--listen", `127.0.0.1:${port}`]);
+    demo = { ...demo, child: served.child };
+    await page.getByText("er nå sendt").waitFor({ timeout: 30000 });
+    const left = await page.evaluate(() => JSON.parse(localStorage.getItem("tellestrek.queue")));
+    const first = answers.filter((a) => a.status === 201);
+    check(first.length === 1 && first[0].replayed === "false" && left.length === 0,
+      "the queued tick is sent when the server is back, and counted");
+    const again = await page.evaluate(async (item) => {
+      const csrf = document.querySelector("input[name=csrf]").value;
+      const r = await fetch("/api/v1/ticks", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Idempotency-Key": item.key, "X-CSRF-Token": csrf },
+        body: JSON.stringify(item.body),
+      });
+      return { status: r.status, replayed: r.headers.get("idempotent-replayed") };
+    }, queued[0]);
+    check(again.status === 201 && again.replayed === "true", "sent again after the restart, it is counted once");
     await context.close();
   }
 
@@ -263,7 +317,8 @@ try {
   console.log(`FAIL ${e.stack || e}`);
 } finally {
   await browser.close();
-  demo.child.kill("SIGTERM");
+  await stop(demo.child);
+  fs.rmSync(workDir, { recursive: true, force: true });
 }
 console.log(failures === 0 ? "browser tests: all passed" : `browser tests: ${failures} failed`);
 process.exit(failures === 0 ? 0 : 1);
