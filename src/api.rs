@@ -122,6 +122,8 @@ impl From<ServiceError> for ApiError {
             OverCap { .. } => (StatusCode::TOO_MANY_REQUESTS, "tick_cap_exceeded"),
             InvalidField { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
             TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
+            InviteNotFound(_) => (StatusCode::NOT_FOUND, "invite_not_found"),
+            InviteNotValid => (StatusCode::GONE, "invite_not_valid"),
             LastAdmin => (StatusCode::CONFLICT, "last_admin_token"),
             NotReleasable { .. } => (StatusCode::CONFLICT, "period_not_releasable"),
             BudgetExceeded { .. } => (StatusCode::CONFLICT, "budget_exceeded"),
@@ -382,6 +384,13 @@ impl FromRequestParts<Service> for Principal {
                 }
             }
         };
+        if token.is_none() {
+            // The tick page's offline queue calls the API with the session cookie and the
+            // session's form token (src/web).
+            if let Some(who) = crate::web::api_session(&parts.headers, svc)? {
+                return Ok(who);
+            }
+        }
         Ok(svc.authenticate(token)?)
     }
 }

@@ -22,6 +22,7 @@
 //! | [`api`] | JSON handlers, extractors, the one error-to-HTTP mapping | sled, opendp, ring |
 //! | [`logging`] | the log filter: the operator's verbosity reaches this crate only | everything else |
 //! | [`fault`] | named fault-injection points for the crash tests (inactive unless a test sets them) | everything else |
+//! | [`web`] | the pages (askama, Fluent), sign-in by token or invite link, the tick page, assets | sled, opendp, ring |
 //! | [`server`] | router, `run` over a bound listener, shutdown | sled, opendp, ring |
 
 pub mod api;
@@ -40,3 +41,4 @@ pub mod release;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod web;

@@ -324,6 +324,18 @@ pub struct Policy {
     pub orgs: Vec<Org>,
     /// Tag dimensions.
     pub dimensions: Vec<Dimension>,
+    /// Sign-in on the web pages: invite and session lifetimes.
+    pub web: WebPolicy,
+}
+
+/// How long web sign-ins last (`[web]`). Neither changes what is collected or released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebPolicy {
+    /// Days an invite link can be opened before it expires; default 14, 1 to 90.
+    pub invite_days: u32,
+    /// Days a device stays signed in after opening an invite or signing in; default 180 (a
+    /// supporter should never have to sign in again), 1 to 400.
+    pub session_days: u32,
 }
 
 // ----- raw form -----------------------------------------------------------------------------
@@ -342,6 +354,8 @@ struct RawPolicy {
     thresholds: RawThresholds,
     #[serde(default)]
     marginals: Vec<RawMarginal>,
+    #[serde(default)]
+    web: RawWeb,
     orgs: Vec<RawOrg>,
     dimensions: Vec<RawDimension>,
 }
@@ -400,6 +414,31 @@ struct RawThresholds {
     spike_min_expected: f64,
     #[serde(default = "default_low_uptake")]
     low_uptake_per_100_per_quarter: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    #[serde(default = "default_invite_days")]
+    invite_days: u32,
+    #[serde(default = "default_session_days")]
+    session_days: u32,
+}
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        RawWeb {
+            invite_days: default_invite_days(),
+            session_days: default_session_days(),
+        }
+    }
+}
+
+fn default_invite_days() -> u32 {
+    14
+}
+fn default_session_days() -> u32 {
+    180
 }
 
 impl Default for RawPeriod {
@@ -823,6 +862,24 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
     if raw.period.retention_days > 400 {
         return Err(c.err("period.retention_days", format!("{} days is more than the 400 allowed; raw data is personal data and must be kept briefly", raw.period.retention_days)));
     }
+    if !(1..=90).contains(&raw.web.invite_days) {
+        return Err(c.err(
+            "web.invite_days",
+            format!(
+                "{} days is not allowed; an invite link must expire after 1 to 90 days",
+                raw.web.invite_days
+            ),
+        ));
+    }
+    if !(1..=400).contains(&raw.web.session_days) {
+        return Err(c.err(
+            "web.session_days",
+            format!(
+                "{} days is not allowed; a device may stay signed in for 1 to 400 days",
+                raw.web.session_days
+            ),
+        ));
+    }
     if raw.ticks.max_count_per_request == 0 || raw.ticks.max_count_per_request > 100 {
         return Err(c.err("ticks.max_count_per_request", "must be between 1 and 100"));
     }
@@ -1147,6 +1204,10 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
         thresholds,
         orgs,
         dimensions,
+        web: WebPolicy {
+            invite_days: raw.web.invite_days,
+            session_days: raw.web.session_days,
+        },
     };
     let yearly = policy.planned_yearly_spend();
     if policy.privacy.rolling_year_cap.is_infinite() {

@@ -118,6 +118,8 @@ pub fn app(svc: Service) -> Router {
             "/api/v1/signing-key",
             get(api::get_signing_key).layer(cache_control(SIGNING_KEY_CACHE)),
         )
+        // The pages, assets and the invite API (src/web).
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

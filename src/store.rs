@@ -1164,6 +1164,133 @@ fn decode_cell(period: Period, key: &[u8]) -> Result<CellKey, StoreError> {
     })
 }
 
+// ----- web sign-in: invites, sessions, account names, follow-up requests --------------------
+
+/// Trees of the web sign-in, in the main database. Opened by name on use (sled caches open
+/// trees), so the [`Store`] struct stays as it was.
+const INVITES: &str = "web_invites";
+/// Sessions, keyed by the keyed hash of the session cookie's secret.
+const SESSIONS: &str = "web_sessions";
+/// The name a coordinator gave a supporter's account at invite, keyed by the account's token
+/// id: never stored with ticks, counts or pseudonyms.
+const ACCOUNT_NAMES: &str = "web_account_names";
+/// Open follow-up requests, keyed by the account's token id (the value is empty).
+const FOLLOWUPS: &str = "web_followups";
+
+impl Store {
+    fn web_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.main.db.open_tree(name)?)
+    }
+
+    /// Stores an invite record under the keyed hash of its secret.
+    pub fn put_invite<T: serde::Serialize>(
+        &self,
+        hash: &[u8; 32],
+        record: &T,
+    ) -> Result<(), StoreError> {
+        self.guard()?;
+        self.web_tree(INVITES)?.insert(hash, encode(record)?)?;
+        Ok(())
+    }
+
+    /// Removes and returns the invite stored under `hash`: removal is atomic, so of two
+    /// requests with the same link only one gets the record (single use).
+    pub fn take_invite<T: serde::de::DeserializeOwned>(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<T>, StoreError> {
+        self.guard()?;
+        self.web_tree(INVITES)?
+            .remove(hash)?
+            .map(|v| decode(&v, "invite record"))
+            .transpose()
+    }
+
+    /// Every invite record with the hash it is stored under.
+    pub fn invites<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<([u8; 32], T)>, StoreError> {
+        self.web_tree(INVITES)?
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let mut hash = [0u8; 32];
+                if k.len() != 32 {
+                    return Err(StoreError::Corrupt("invite key is not 32 bytes".into()));
+                }
+                hash.copy_from_slice(&k);
+                Ok((hash, decode(&v, "invite record")?))
+            })
+            .collect()
+    }
+
+    /// Stores a session record under the keyed hash of its secret.
+    pub fn put_session<T: serde::Serialize>(
+        &self,
+        hash: &[u8; 32],
+        record: &T,
+    ) -> Result<(), StoreError> {
+        self.guard()?;
+        self.web_tree(SESSIONS)?.insert(hash, encode(record)?)?;
+        Ok(())
+    }
+
+    /// The session stored under `hash`.
+    pub fn session<T: serde::de::DeserializeOwned>(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<T>, StoreError> {
+        self.web_tree(SESSIONS)?
+            .get(hash)?
+            .map(|v| decode(&v, "session record"))
+            .transpose()
+    }
+
+    /// Deletes the session stored under `hash` (sign-out, expiry).
+    pub fn delete_session(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.guard()?;
+        self.web_tree(SESSIONS)?.remove(hash)?;
+        Ok(())
+    }
+
+    /// Stores the name a coordinator gave account `id` at invite.
+    pub fn set_account_name(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        self.guard()?;
+        self.web_tree(ACCOUNT_NAMES)?
+            .insert(id.as_bytes(), name.as_bytes())?;
+        Ok(())
+    }
+
+    /// The name a coordinator gave account `id`, if any.
+    pub fn account_name(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .web_tree(ACCOUNT_NAMES)?
+            .get(id.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Opens (`true`) or withdraws (`false`) account `id`'s follow-up request.
+    pub fn set_followup(&self, id: &str, open: bool) -> Result<(), StoreError> {
+        self.guard()?;
+        let tree = self.web_tree(FOLLOWUPS)?;
+        if open {
+            tree.insert(id.as_bytes(), &[] as &[u8])?;
+        } else {
+            tree.remove(id.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The account ids with an open follow-up request.
+    pub fn followups(&self) -> Result<Vec<String>, StoreError> {
+        self.web_tree(FOLLOWUPS)?
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

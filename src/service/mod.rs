@@ -9,12 +9,14 @@
 //! | `ticks.rs` | logging and checking a tick |
 //! | `periods.rs` | which base periods exist, which are open, the epoch |
 //! | `tokens.rs` | creating, listing and revoking tokens |
+//! | `sessions.rs` | web sign-in: invite links, device sessions, follow-up requests |
 //! | `lifecycle.rs` | the background job: close, budget check, draw, purge |
 //! | `reads.rs` | releases in scope, the ledger, signed exports and their verification |
 
 mod lifecycle;
 mod periods;
 mod reads;
+mod sessions;
 mod ticks;
 mod tokens;
 
@@ -27,6 +29,7 @@ pub use reads::{
     DEFAULT_PAGE_RELEASES, MAX_PAGE_RELEASES, PageRequest, ReleaseFilter, ReleasePage, VerifyError,
     canonical_json, verify_detached, verify_export,
 };
+pub use sessions::{FollowUp, InviteInfo, NewInvite, NewInviteRequest, NewSession, Session};
 pub use ticks::{TickAccepted, TickRequest};
 pub use tokens::{NewToken, NewTokenRequest};
 
@@ -129,6 +132,14 @@ pub enum ServiceError {
     /// The stored regime list cannot be read.
     #[error(transparent)]
     Regime(#[from] crate::regime::RegimeError),
+    /// An invite link that was used, revoked, has expired or never existed.
+    #[error(
+        "the invite link is not valid: it was used already, revoked or has expired; ask your coordinator for a new one"
+    )]
+    InviteNotValid,
+    /// An invite id that does not exist (or is outside the caller's scope).
+    #[error("there is no open invite `{0}` that you can manage")]
+    InviteNotFound(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -158,7 +158,7 @@ impl Service {
 }
 
 /// Whether `who` may see and revoke token `t`.
-fn manages(who: &Principal, t: &TokenRecord) -> bool {
+pub(super) fn manages(who: &Principal, t: &TokenRecord) -> bool {
     match who.role {
         Role::Admin => true,
         Role::Coordinator => t.role == Role::Supporter && t.org == who.org,

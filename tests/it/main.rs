@@ -17,3 +17,4 @@ mod statistics;
 mod ticks;
 mod tokens;
 mod walkthrough;
+mod web;
