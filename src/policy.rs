@@ -1331,7 +1331,7 @@ mod tests {
         let start = DEFAULT_POLICY.find("[period]").unwrap();
         let end = DEFAULT_POLICY.find("[thresholds]").unwrap();
         let text = format!("{}{}", &DEFAULT_POLICY[..start], &DEFAULT_POLICY[end..]);
-        // The default plan spends 13.2 in a rolling year, within the implied cap.
+        // The default plan spends 13.48 in a rolling year, within the implied cap.
         let p = Policy::from_str("short.toml", &text).unwrap();
         assert_eq!(p.granularity, Granularity::Month);
         assert_eq!((p.grace_days, p.retention_days), (7, 30));
@@ -1379,13 +1379,13 @@ mod tests {
     #[test]
     fn a_plan_over_its_rolling_year_cap_is_refused() {
         let p = Policy::builtin();
-        // 13 months x 0.7 + 5 quarters x 0.6 + 2 years x 0.55.
-        assert!((p.planned_yearly_spend() - 13.2).abs() < 1e-9);
+        // 13 months x 0.7 + 5 quarters x 0.6 + 2 years x 0.69.
+        assert!((p.planned_yearly_spend() - 13.48).abs() < 1e-9);
         let e = with("rolling_year_cap = 14.0", "rolling_year_cap = 12.0")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("rolling_year_cap") && e.contains("13.200"),
+            e.contains("rolling_year_cap") && e.contains("13.480"),
             "{e}"
         );
     }
