@@ -153,7 +153,11 @@ impl Service {
         crate::fault::point("lifecycle:closed");
         let due = self.due_batches()?;
         // Batches and periods are policy-level facts, never counts of ticks.
-        tracing::debug!(batches_due = due.len(), periods = bases.len(), "lifecycle job");
+        tracing::debug!(
+            batches_due = due.len(),
+            periods = bases.len(),
+            "lifecycle job"
+        );
         for batch in due {
             match self.draw_and_commit(&batch) {
                 Ok(ids) => report.drawn.extend(ids),

@@ -11,7 +11,9 @@
 //! | `tokens.rs` | creating, listing and revoking tokens |
 //! | `lifecycle.rs` | the background job: close, budget check, draw, purge |
 //! | `reads.rs` | releases in scope, the ledger, signed exports and their verification |
+//! | `dashboard.rs` | uptake, trend, breakdowns, hours and alerts: once, for pages, API and metrics |
 
+mod dashboard;
 mod lifecycle;
 mod periods;
 mod reads;
@@ -20,6 +22,10 @@ mod tokens;
 
 use crate::regime::{self, Decision, Plan, Regimes};
 use crate::store;
+pub use dashboard::{
+    Certainty, Dashboard, METHODS, Num, RuleMethod, low_uptake, no_uptake, spike, supporter_load,
+    words,
+};
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;
