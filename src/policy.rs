@@ -288,7 +288,8 @@ pub struct Thresholds {
     pub no_uptake_min_headcount: u32,
     /// A period's count above baseline times this is a spike; default 2.0.
     pub spike_ratio: f64,
-    /// Spikes are only judged where the baseline expects at least this many contacts; default 3.
+    /// A unit's baseline (contacts per quarter) counts as at least this much when judging a
+    /// spike, so a usually quiet unit is not flagged for a handful of contacts; default 3.
     pub spike_min_expected: f64,
     /// Uptake per 100 employees per quarter below this is flagged as low; default 0.5.
     pub low_uptake_per_100_per_quarter: f64,

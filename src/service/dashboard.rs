@@ -220,11 +220,12 @@ pub fn no_uptake(quarters: &[Num]) -> Option<Certainty> {
 }
 
 /// A spike: a quarter's count against `ratio` times the unit's own baseline (the mean of its
-/// earlier quarters), with DP noise in the spread: `d = current − ratio·baseline` has variance
-/// `v·(1 + ratio²/k)` for `k` baseline quarters of per-cell noise variance `v`. Possible if
-/// `d > 0`, certain if its whole 95 % interval is above 0. Not judged where the baseline
-/// expects fewer than `min_expected` contacts (an alert there would be noise) or with fewer
-/// than 2 baseline quarters.
+/// `k` earlier quarters, counted as at least `min_expected` so that a usually quiet unit is not
+/// flagged for a handful of contacts; the rule of the demo's story too), with DP noise in the
+/// spread: `d = current − ratio·baseline` has variance `v·(1 + ratio²/k)` for per-cell noise
+/// variance `v` (just `v` where the floor holds, as the floor has no noise). Possible if
+/// `d > 0`, certain if its whole 95 % interval is above 0. Not judged with fewer than 2
+/// baseline quarters.
 pub fn spike(
     current: f64,
     baseline: &[f64],
@@ -237,11 +238,13 @@ pub fn spike(
     }
     let k = baseline.len() as f64;
     let mean = baseline.iter().sum::<f64>() / k;
-    if mean < min_expected {
-        return None;
-    }
-    let d = current - ratio * mean;
-    let sd = (cell_variance * (1.0 + ratio * ratio / k)).sqrt();
+    let (base, base_var) = if mean >= min_expected {
+        (mean, cell_variance * ratio * ratio / k)
+    } else {
+        (min_expected, 0.0)
+    };
+    let d = current - ratio * base;
+    let sd = (cell_variance + base_var).sqrt();
     if d - Z95 * sd > 0.0 {
         Some(Certainty::Certain)
     } else if d > 0.0 {
@@ -502,7 +505,7 @@ pub struct Dashboard {
 }
 
 /// The noise variance of one ordinary cell of `r`, from its mechanism and scale.
-fn cell_variance(r: &Release) -> f64 {
+pub fn cell_variance(r: &Release) -> f64 {
     if r.mechanism == "discrete_laplace" {
         let q = (-1.0 / r.scale).exp();
         2.0 * q / ((1.0 - q) * (1.0 - q))
@@ -682,7 +685,8 @@ pub fn build(
                 .map(|h| h.1.estimate)
                 .collect();
             if let Some(c) = spike(n.estimate, &base, *v, th.spike_ratio, th.spike_min_expected) {
-                let mean = base.iter().sum::<f64>() / base.len() as f64;
+                let mean =
+                    (base.iter().sum::<f64>() / base.len() as f64).max(th.spike_min_expected);
                 alerts.push(Alert {
                     rule: "spike",
                     certainty: c,
@@ -963,9 +967,13 @@ mod tests {
             Some(Certainty::Certain)
         );
         assert_eq!(
-            spike(40.0, &[2.0, 3.0, 2.0, 3.0], 0.0, 2.0, 3.0),
+            spike(5.0, &[1.0, 0.0, 1.0, 2.0], 0.0, 2.0, 3.0),
             None,
-            "baseline too small"
+            "a quiet unit's baseline counts as 3: 5 is no spike"
+        );
+        assert_eq!(
+            spike(44.0, &[0.0, 1.0, 1.0, 2.0], 12.5, 2.0, 3.0),
+            Some(Certainty::Certain)
         );
         assert_eq!(
             spike(7.0, &[3.0, 3.0], 12.5, 2.0, 3.0),

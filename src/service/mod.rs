@@ -23,8 +23,8 @@ mod tokens;
 use crate::regime::{self, Decision, Plan, Regimes};
 use crate::store;
 pub use dashboard::{
-    Certainty, Dashboard, METHODS, Num, RuleMethod, low_uptake, no_uptake, spike, supporter_load,
-    words,
+    Certainty, Dashboard, METHODS, Num, RuleMethod, cell_variance, low_uptake, no_uptake, spike,
+    supporter_load, words,
 };
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
