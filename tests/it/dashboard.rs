@@ -424,19 +424,18 @@ impl Rate {
 /// Each alert rule's false-alarm rate and power, measured with real OpenDP noise through the
 /// release path, against the figures the dashboard publishes (`METHODS`).
 ///
-/// 600 quarters without change and 600 with, of helse-vestfjord (unit table ε 0.4, load ε 0.2,
-/// with the monthly totals combined in as the release job does). Units play the rules' cases:
-/// five units of 6 contacts a quarter (tripled to 18) for the spike rule, each judged against
-/// its 4 preceding quarters (600 trials without change, 750 with); two large units with 3
-/// contacts a quarter (none with change) for no uptake over 2 quarters (600 trials each); a unit
-/// of 300 with 3 (none) for low uptake (600 each); 10 supporters over 3 months with 1 contact a
-/// month each (3 with 5 in one month) for load (600 each).
+/// 2,000 quarters without change and 2,000 with, of helse-vestfjord (unit table ε 0.4, load
+/// ε 0.2, with the monthly totals combined in as the release job does). Units play the rules'
+/// cases: five units of 6 contacts a quarter (tripled to 18) for the spike rule, each judged
+/// against 4 quarters without change (2,000 trials without change, 2,500 with); two large units
+/// with 3 contacts a quarter (none with change) for no uptake over 2 quarters (2,000 trials
+/// each); a unit of 300 with 3 (none) for low uptake (2,000 each); 10 supporters over 3 months
+/// with 1 contact a month each (3 of them with 5 in one month) for load (2,000 each).
 ///
 /// Each published rate `p` (rounded to 0.01) must lie within 4.4 standard errors
 /// (√(max(p, 0.01)·(1 − p)/n)) plus 0.005 of the measured one; with 16 checks a correct
 /// implementation fails with probability below about 1 in 5,000 (units of one quarter share the
-/// combined total's noise, a weak dependence the margin absorbs). About a minute in a debug
-/// build.
+/// combined total's noise, a weak dependence the margin absorbs). About 25 s in a debug build.
 #[test]
 fn alert_rules_false_alarm_rate_and_power_match_the_published_figures() {
     let policy = Policy::builtin();
@@ -449,7 +448,7 @@ fn alert_rules_false_alarm_rate_and_power_match_the_published_figures() {
     let null_supporters = vec![1u32; 30];
     let mut changed_supporters = vec![1u32; 27];
     changed_supporters.extend([5, 5, 5]);
-    const N: usize = 600;
+    const N: usize = 2000;
     let draws = |units: &[u64], sup: &[u32]| -> Vec<(Release, Release)> {
         (0..N).map(|_| draw_quarter(&policy, units, sup)).collect()
     };
