@@ -556,20 +556,52 @@ impl Service {
             });
         }
         let show_load = who.role != Role::Leader;
-        let releases: Vec<Release> = self
-            .store
-            .releases("")?
-            .into_iter()
-            .filter(|r| r.org == org_id)
-            .collect();
-        let year = year.unwrap_or_else(|| {
-            releases
-                .iter()
-                .map(|r| year_of(&r.period))
-                .max()
-                .unwrap_or(self.clock.today().year())
-        });
+        let year = match year {
+            Some(y) => y,
+            None => self.latest_year(&org_id)?,
+        };
+        let releases = self.dashboard_releases(&org_id, year)?;
         Ok(build(&self.policy, o, year, &releases, show_load))
+    }
+}
+
+impl Service {
+    /// The year of the organisation's latest released base period (looked up by key prefix,
+    /// back at most two years), or this year if none.
+    fn latest_year(&self, org: &str) -> Result<i32, ServiceError> {
+        let g = self.policy.granularity;
+        let mut p = Period::containing(g, self.clock.today());
+        for _ in 0..=2 * g.per_year() {
+            if !self.store.releases(&format!("{p}/{org}/"))?.is_empty() {
+                return Ok(year_of(&p));
+            }
+            p = p.prev();
+        }
+        Ok(self.clock.today().year())
+    }
+
+    /// The releases the dashboard of `org` for `year` reads, by key prefix (`PERIOD/ORG/`), so
+    /// its cost does not grow with other organisations or other years: the year's base
+    /// periods, its quarters and enough quarters before them for the spike baseline and the
+    /// no-uptake window, and the year itself.
+    fn dashboard_releases(&self, org: &str, year: i32) -> Result<Vec<Release>, ServiceError> {
+        let y = Period::Year { year };
+        let mut periods: BTreeSet<Period> =
+            crate::release::base_periods_in(y, self.policy.granularity)
+                .into_iter()
+                .collect();
+        let back = BASELINE_QUARTERS.max(self.policy.thresholds.no_uptake_quarters as usize);
+        let mut q = Period::Quarter { year, quarter: 4 };
+        for _ in 0..4 + back {
+            periods.insert(q);
+            q = q.prev();
+        }
+        periods.insert(y);
+        let mut out = Vec::new();
+        for p in periods {
+            out.extend(self.store.releases(&format!("{p}/{org}/"))?);
+        }
+        Ok(out)
     }
 }
 
