@@ -11,7 +11,7 @@
 //! | `tokens.rs` | creating, listing and revoking tokens |
 //! | `lifecycle.rs` | the background job: close, budget check, draw, purge |
 //! | `reads.rs` | releases in scope, the ledger, signed exports and their verification |
-//! | `dashboard.rs` | uptake, trend, breakdowns, hours and alerts: once, for pages, API and metrics |
+//! | `dashboard/` | uptake, trend, breakdowns, hours and alerts: once, for pages, API and metrics |
 
 mod dashboard;
 mod lifecycle;
