@@ -23,8 +23,8 @@ mod tokens;
 use crate::regime::{self, Decision, Plan, Regimes};
 use crate::store;
 pub use dashboard::{
-    Certainty, Dashboard, METHODS, Num, RuleMethod, cell_variance, low_uptake, no_uptake, spike,
-    supporter_load, words,
+    Alert, Certainty, Dashboard, METHODS, Num, RuleMethod, Words, cell_variance, low_uptake,
+    no_uptake, reading_note, spike, supporter_load, words,
 };
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
