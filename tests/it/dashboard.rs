@@ -245,6 +245,10 @@ async fn with_zero_noise_the_dashboard_shows_the_exact_numbers() {
     let text = d.to_string();
     assert_eq!(text.matches("95 %").count(), 2, "once per language");
     assert_eq!(d["methods"].as_array().unwrap().len(), 4);
+    assert!(
+        d.get("yearly_pending").is_none(),
+        "2026 is released in full"
+    );
     // Low uptake in Q4 for units with nothing: possible, never certain under the declared noise.
     let low = alerts_of(&d, "low_uptake");
     assert!(
@@ -293,6 +297,14 @@ async fn the_demo_history_raises_the_spike_and_the_silent_unit() {
             .as_str()
             .unwrap()
             .starts_with("Spike (certain): Intensivavdeling")
+    );
+    assert!(
+        v["yearly_pending"]["nb"]
+            .as_str()
+            .unwrap()
+            .starts_with("Årstallene for 2026"),
+        "the year is not over: {}",
+        v["yearly_pending"]
     );
     let silent = alerts_of(&v, "no_uptake");
     assert!(

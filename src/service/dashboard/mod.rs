@@ -188,6 +188,10 @@ pub struct Dashboard {
     /// Breakdowns by profession group, trigger, initiation and channel (once the year is
     /// released).
     pub breakdowns: Vec<Breakdown>,
+    /// Said while the year's yearly tables (breakdowns, outreach share, hours, first
+    /// conversations) are not released: they come after the year ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yearly_pending: Option<Words>,
     /// Outreach share after serious events.
     pub outreach_after_serious_events: Option<OutreachShare>,
     /// Supporter hours.
@@ -198,6 +202,11 @@ pub struct Dashboard {
     pub alerts: Vec<Alert>,
     /// Each alert rule's measured false-alarm rate and power.
     pub methods: Vec<RuleMethod>,
+}
+
+/// A threshold from the policy in bokmål: decimal comma, no trailing zeros (`0,25`, `2`).
+fn nb_number(x: f64) -> String {
+    format!("{x}").replace('.', ",")
 }
 
 fn year_of(p: &Period) -> i32 {
@@ -345,14 +354,14 @@ pub fn build(
                     threshold: th.low_uptake_per_100_per_quarter,
                     text: Words {
                         nb: format!(
-                            "Lav bruk ({}): {} i {} hadde {} samtaler per 100 ansatte i {}, under terskelen {}.",
-                            c.nb(), u.name, org.name, last.per_100.words.nb, last.period,
-                            format!("{}", th.low_uptake_per_100_per_quarter).replace('.', ",")
+                            "Lav bruk ({}): for {} i {} i {} er anslaget under terskelen på {} samtaler per 100 ansatte (vist: {}).",
+                            c.nb(), u.name, org.name, last.period,
+                            nb_number(th.low_uptake_per_100_per_quarter), last.per_100.words.nb
                         ),
                         en: format!(
-                            "Low uptake ({}): {} in {} had {} conversations per 100 employees in {}, below the threshold of {}.",
-                            c.en(), u.name, org.name, last.per_100.words.en, last.period,
-                            th.low_uptake_per_100_per_quarter
+                            "Low uptake ({}): for {} in {} in {} the estimate is below the threshold of {} conversations per 100 employees (shown: {}).",
+                            c.en(), u.name, org.name, last.period,
+                            th.low_uptake_per_100_per_quarter, last.per_100.words.en
                         ),
                     },
                 });
@@ -375,11 +384,11 @@ pub fn build(
                         threshold: 1.0,
                         text: Words {
                             nb: format!(
-                                "Ingen bruk ({}): {} i {} ({} ansatte) har ikke hatt registrerte samtaler de siste {n} kvartalene til og med {}.",
+                                "Ingen bruk ({}): for {} i {} ({} ansatte) er anslaget 0 samtaler i hvert av de siste {n} kvartalene til og med {}.",
                                 c.nb(), u.name, org.name, u.headcount, last.period
                             ),
                             en: format!(
-                                "No uptake ({}): {} in {} ({} employees) has had no recorded conversations in the last {n} quarters up to {}.",
+                                "No uptake ({}): for {} in {} ({} employees) the estimate is 0 conversations in each of the last {n} quarters up to {}.",
                                 c.en(), u.name, org.name, u.headcount, last.period
                             ),
                         },
@@ -397,8 +406,16 @@ pub fn build(
                 .map(|h| h.1.estimate)
                 .collect();
             if let Some(c) = spike(n.estimate, &base, *v, th.spike_ratio, th.spike_min_expected) {
-                let mean =
-                    (base.iter().sum::<f64>() / base.len() as f64).max(th.spike_min_expected);
+                let usual = base.iter().sum::<f64>() / base.len() as f64;
+                let mean = usual.max(th.spike_min_expected);
+                let (floor_nb, floor_en) = if usual < th.spike_min_expected {
+                    (
+                        format!(", regnet som minst {}", nb_number(th.spike_min_expected)),
+                        format!(", counted as at least {}", th.spike_min_expected),
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
                 alerts.push(Alert {
                     rule: "spike",
                     certainty: c,
@@ -408,13 +425,13 @@ pub fn build(
                     threshold: th.spike_ratio * mean,
                     text: Words {
                         nb: format!(
-                            "Topp ({}): {} i {} hadde {} samtaler i {}, mer enn {} ganger sitt eget nivå (ca. {:.0} per kvartal).",
+                            "Topp ({}): {} i {} hadde {} samtaler i {}, mer enn {} ganger sitt vanlige nivå (ca. {} per kvartal{floor_nb}).",
                             c.nb(), u.name, org.name, n.words.nb, p,
-                            format!("{}", th.spike_ratio).replace('.', ","), mean
+                            nb_number(th.spike_ratio), nb_number((usual * 10.0).round() / 10.0)
                         ),
                         en: format!(
-                            "Spike ({}): {} in {} had {} conversations in {}, more than {} times its own level (about {:.0} a quarter).",
-                            c.en(), u.name, org.name, n.words.en, p, th.spike_ratio, mean
+                            "Spike ({}): {} in {} had {} conversations in {}, more than {} times its usual level (about {} a quarter{floor_en}).",
+                            c.en(), u.name, org.name, n.words.en, p, th.spike_ratio, (usual * 10.0).round() / 10.0
                         ),
                     },
                 });
@@ -631,6 +648,19 @@ pub fn build(
         },
         trend,
         breakdowns,
+        yearly_pending: (!releases
+            .iter()
+            .any(|r| r.period == Period::Year { year }))
+        .then(|| Words {
+            nb: format!(
+                "Årstallene for {year} (fordelinger, oppsøkende andel, timer og første samtaler) publiseres etter at året er omme; se {} for året før.",
+                year - 1
+            ),
+            en: format!(
+                "The yearly figures for {year} (breakdowns, outreach share, hours and first conversations) are released after the year ends; see {} for the year before.",
+                year - 1
+            ),
+        }),
         outreach_after_serious_events: outreach,
         supporter_hours,
         load,
