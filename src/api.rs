@@ -874,3 +874,38 @@ pub async fn get_signing_key(State(svc): State<Service>) -> Json<serde_json::Val
         json!({"algorithm": "Ed25519", "public_key": svc.public_key(), "encoding": "base64url, no padding"}),
     )
 }
+
+/// Query of `GET /api/v1/dashboard`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardQuery {
+    /// Organisation id (a leader's or coordinator's own if left out).
+    #[serde(default)]
+    org: Option<String>,
+    /// Calendar year (the latest with releases if left out).
+    #[serde(default)]
+    year: Option<String>,
+}
+
+/// `GET /api/v1/dashboard`: uptake, trend, breakdowns, outreach, hours and alerts of one
+/// organisation and year, from its releases (the numbers the dashboard page shows).
+pub async fn get_dashboard(
+    State(svc): State<Service>,
+    who: Principal,
+    AppQuery(q): AppQuery<DashboardQuery>,
+) -> Result<Json<crate::service::Dashboard>, ApiError> {
+    let year = match q.year.as_deref() {
+        None => None,
+        Some(y) => Some(y.parse::<i32>().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_year",
+                format!("year: `{y}` is not a year; use four digits such as 2026"),
+            )
+        })?),
+    };
+    let d = svc.dashboard(&who, q.org.as_deref(), year)?;
+    // Normen: who read what (never counts).
+    tracing::info!(token = %who.token_id, role = who.role.as_str(), org = %d.org, year = d.year, "dashboard read");
+    Ok(Json(d))
+}

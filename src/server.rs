@@ -114,6 +114,7 @@ pub fn app(svc: Service) -> Router {
         .route("/api/v1/releases", get(api::get_releases))
         .route("/api/v1/releases.sig", get(api::get_releases_sig))
         .route("/api/v1/budget", get(api::get_budget))
+        .route("/api/v1/dashboard", get(api::get_dashboard))
         .route(
             "/api/v1/signing-key",
             get(api::get_signing_key).layer(cache_control(SIGNING_KEY_CACHE)),

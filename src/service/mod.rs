@@ -12,7 +12,9 @@
 //! | `sessions.rs` | web sign-in: invite links, device sessions, follow-up requests |
 //! | `lifecycle.rs` | the background job: close, budget check, draw, purge |
 //! | `reads.rs` | releases in scope, the ledger, signed exports and their verification |
+//! | `dashboard/` | uptake, trend, breakdowns, hours and alerts: once, for pages, API and metrics |
 
+mod dashboard;
 mod lifecycle;
 mod periods;
 mod reads;
@@ -22,6 +24,10 @@ mod tokens;
 
 use crate::regime::{self, Plan, Regimes};
 use crate::store;
+pub use dashboard::{
+    Alert, Certainty, Dashboard, METHODS, Num, RuleMethod, Words, cell_variance, low_uptake,
+    no_uptake, reading_note, spike, supporter_load, words,
+};
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;

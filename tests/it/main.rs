@@ -2,6 +2,7 @@
 
 mod connections;
 mod crash;
+mod dashboard;
 mod demo;
 mod faults;
 mod helpers;

@@ -399,7 +399,7 @@ async fn with_zero_noise_the_demo_tells_the_story_it_was_built_for() {
     // The privacy figures it prints are rounded for people: three significant digits.
     let privacy = demo::privacy_summary(&d.svc).unwrap();
     assert!(
-        privacy.contains("at most 1.85 on any month, 12.6 on any 365 days"),
+        privacy.contains("at most 1.99 on any month, 12.8 on any 365 days"),
         "{privacy}"
     );
     for word in privacy.split(|c: char| !(c.is_ascii_digit() || c == '.')) {

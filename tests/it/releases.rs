@@ -86,8 +86,16 @@ async fn with_zero_noise_releases_count_exactly_over_the_full_domain() {
         }
         expected.extend(["unit", "load"].map(|m| format!("2026-Q4/{org}/{m}")));
         expected.extend(
-            ["yrkesgruppe", "utlosende_arsak", "initiering", "kanal"]
-                .map(|m| format!("2026/{org}/{m}")),
+            [
+                "yrkesgruppe",
+                "utlosende_arsak",
+                "initiering",
+                "kanal",
+                "arsak_initiering",
+                "varighet",
+                "oppfolging",
+            ]
+            .map(|m| format!("2026/{org}/{m}")),
         );
     }
     let mut got: Vec<&String> = all.keys().collect();
@@ -191,7 +199,7 @@ async fn with_real_noise_estimates_are_consistent_non_negative_integers() {
     history(&app).await;
     app.svc.run_lifecycle().await.unwrap();
     let all = app.svc.store().releases("").unwrap();
-    assert_eq!(all.len(), 16);
+    assert_eq!(all.len(), 22);
     for r in &all {
         if r.kind == "contacts" {
             assert_eq!(
@@ -462,7 +470,7 @@ async fn exports_are_signed_and_a_tampered_file_fails_verify() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(export["releases"].as_array().unwrap().len(), 8);
+    assert_eq!(export["releases"].as_array().unwrap().len(), 11);
     let (_, key) = app.call("GET", "/api/v1/signing-key", None, None).await;
     let key = key["public_key"].as_str().unwrap().to_string();
     assert_eq!(export["signature"]["public_key"], key);
@@ -643,7 +651,7 @@ async fn the_budget_shows_every_spend_within_the_policy() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["measure"], "epsilon");
-    assert_eq!(b["entries"].as_array().unwrap().len(), 16);
+    assert_eq!(b["entries"].as_array().unwrap().len(), 22);
     for org in b["orgs"].as_array().unwrap() {
         for p in org["periods"].as_array().unwrap() {
             let spent = p["spent"].as_f64().unwrap();
