@@ -106,10 +106,8 @@
     send(item).then(function (res) {
       sending = false;
       if (res.status === 201) {
-        var q = Object.keys(answers).map(function (k) {
-          return encodeURIComponent(k) + "=" + encodeURIComponent(answers[k]);
-        }).join("&");
-        window.location.assign("/tick/done?" + q);
+        // No answers in the URL: the device keeps them (a URL would be logged with a time).
+        window.location.assign("/tick/done");
       } else if (res.status >= 500) {
         queueTick(answers);
       } else {

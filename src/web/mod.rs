@@ -91,6 +91,7 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         .route("/sign-out", post(sign_out))
         .route("/lang/{lang}", get(switch_lang))
         .route("/tick", get(tick_page).post(tick_post))
+        .route("/tick/edit", post(tick_edit))
         .route("/tick/done", get(tick_done))
         .route("/follow-up", post(follow_up))
         .route("/assets/{*path}", get(asset))
@@ -340,10 +341,10 @@ struct DonePage {
     csrf: String,
     /// A fresh idempotency key for "the same again".
     key: String,
-    /// The last answers, for "the same again" (empty: only the plain link).
+    /// The last answers, for "the same again" and "a different one" (empty: only the plain
+    /// link). They travel in the page's forms, never in a URL, which a proxy's log or the
+    /// browser's history would keep with a time.
     answers: Vec<(String, String)>,
-    /// The tick page with the last answers preselected.
-    again: String,
 }
 
 fn version() -> &'static str {
@@ -640,60 +641,26 @@ fn tick_page_for(
 /// `GET /tick`: the supporter's tick form; answers in the query (from the confirmation's
 /// "another conversation" link) are preselected, so a similar contact takes two taps without
 /// JavaScript too.
-async fn tick_page(
-    State(svc): State<Service>,
-    ctx: Ctx,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
+async fn tick_page(State(svc): State<Service>, ctx: Ctx) -> Response {
     let Some((session, who)) = supporter(&ctx) else {
         return Redirect::to("/").into_response();
     };
+    // No answers come in a URL (a proxy's log would keep them with a time); the page's script
+    // preselects the usual ones from the device, and "a different one" posts them.
     tick_page_for(
         &svc,
         &ctx,
         &session,
         &who,
-        &answers(query),
+        &BTreeMap::new(),
         None,
         StatusCode::OK,
     )
 }
 
-/// The tick answers (`unit`, `dim.*`) of a query, first of each name.
-fn answers(
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in query.map(|Query(q)| q).unwrap_or_default() {
-        if k == "unit" || k.starts_with("dim.") {
-            out.entry(k).or_insert(v);
-        }
-    }
-    out
-}
-
-/// `answers` as a query string, for the confirmation's links. It stays on the device (the
-/// server keeps no access log and sends no `Referer`), like the script's remembered answers.
-fn answers_query(answers: &BTreeMap<String, String>) -> String {
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-    /// Ids are `[a-z0-9_-]`, dimension fields `dim.ID`: those stay readable.
-    const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
-    answers
-        .iter()
-        .filter(|(k, _)| *k == "unit" || k.starts_with("dim."))
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, QUERY),
-                utf8_percent_encode(v, QUERY)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// `POST /tick`: logs one contact from the form (CSRF-checked, counted once per form key),
-/// then redirects to a confirmation that shows no count.
+/// and answers with the confirmation itself (not a redirect whose URL would carry the
+/// answers). Sending the form again (a reload) replays the same key: counted once.
 async fn tick_post(
     State(svc): State<Service>,
     ctx: Ctx,
@@ -741,7 +708,7 @@ async fn tick_post(
     };
     let key = chosen.get("key").cloned();
     match svc.log_tick_once(&who, req, key.as_deref()).await {
-        Ok(_) => see_other(&format!("/tick/done?{}", answers_query(&chosen)), vec![]),
+        Ok(_) => done_page(&ctx, session, answers_only(chosen)),
         Err(e) => {
             let (status, problem) = match &e {
                 ServiceError::OverCap { .. } => (StatusCode::TOO_MANY_REQUESTS, t.get("tick-cap")),
@@ -759,17 +726,20 @@ async fn tick_post(
     }
 }
 
-/// `GET /tick/done`: the confirmation. It shows no count, not even the supporter's own: a
-/// shared or lost phone must not tell how many talks its owner had. It offers the same
-/// answers again in one tap (a form with a fresh key) and a similar contact in two.
-async fn tick_done(
-    ctx: Ctx,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
+/// `GET /tick/done`: the confirmation after a tick sent by the page's script (which keeps the
+/// usual answers on the device, so the URL carries none).
+async fn tick_done(ctx: Ctx) -> Response {
     let Some((session, _)) = supporter(&ctx) else {
         return Redirect::to("/").into_response();
     };
-    let answers = answers(query);
+    done_page(&ctx, session, BTreeMap::new())
+}
+
+/// The confirmation. It shows no count, not even the supporter's own: a shared or lost phone
+/// must not tell how many talks its owner had. With the last answers, it offers them again in
+/// one tap (a form with a fresh key) and a different contact in two (a form that preselects
+/// them on the tick page).
+fn done_page(ctx: &Ctx, session: Session, answers: BTreeMap<String, String>) -> Response {
     html(
         StatusCode::OK,
         DonePage {
@@ -780,11 +750,46 @@ async fn tick_done(
             csrf: session.csrf.clone(),
             signout_csrf: Some(session.csrf),
             key: crate::auth::random_id().unwrap_or_default(),
-            again: format!("/tick?{}", answers_query(&answers)),
             answers: answers.into_iter().collect(),
         }
         .render(),
     )
+}
+
+/// `POST /tick/edit`: the tick page with the posted answers preselected ("a different one"
+/// from the confirmation), CSRF-checked like every form.
+async fn tick_edit(
+    State(svc): State<Service>,
+    ctx: Ctx,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let Some((session, who)) = supporter(&ctx) else {
+        return Redirect::to("/").into_response();
+    };
+    let mut chosen = BTreeMap::new();
+    for (k, v) in form.map(|Form(f)| f).unwrap_or_default() {
+        chosen.entry(k).or_insert(v);
+    }
+    if !svc.csrf_matches(&session, chosen.get("csrf").map_or("", String::as_str)) {
+        return csrf_refused(&ctx);
+    }
+    tick_page_for(
+        &svc,
+        &ctx,
+        &session,
+        &who,
+        &answers_only(chosen),
+        None,
+        StatusCode::OK,
+    )
+}
+
+/// Only the tick answers (`unit`, `dim.*`) of posted fields.
+fn answers_only(fields: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    fields
+        .into_iter()
+        .filter(|(k, _)| k == "unit" || k.starts_with("dim."))
+        .collect()
 }
 
 /// Fields of the follow-up form.
