@@ -540,9 +540,12 @@ pub async fn post_token(
     AppJson(req): AppJson<NewTokenRequest>,
 ) -> Result<Response, ApiError> {
     // Creating a token syncs the store to disk: off the async threads.
+    let by = (who.token_id.clone(), who.role.as_str());
     let created = tokio::task::spawn_blocking(move || svc.create_token(&who, req))
         .await
         .map_err(|_| ApiError::internal())??;
+    // Normen: who changed access, and how (never the token itself).
+    tracing::info!(by = %by.0, by_role = by.1, id = %created.id, role = created.role.as_str(), org = ?created.org, "token created");
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -561,9 +564,11 @@ pub async fn delete_token(
     who: Principal,
     AppPath(id): AppPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    let (by, by_role, revoked) = (who.token_id.clone(), who.role.as_str(), id.clone());
     tokio::task::spawn_blocking(move || svc.revoke_token(&who, &id))
         .await
         .map_err(|_| ApiError::internal())??;
+    tracing::info!(by = %by, by_role, id = %revoked, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -865,7 +870,9 @@ pub async fn get_budget(
     State(svc): State<Service>,
     who: Principal,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(svc.budget(&who)?))
+    let budget = svc.budget(&who)?;
+    tracing::info!(token = %who.token_id, role = who.role.as_str(), "ledger read");
+    Ok(Json(budget))
 }
 
 /// `GET /api/v1/signing-key`: the public key exports are signed with (no token needed).

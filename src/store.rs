@@ -739,15 +739,19 @@ impl Store {
         }
     }
 
-    /// Deletes the token with public id `id`; returns whether it existed.
+    /// Deletes the token with public id `id`, and with it the name its account was given at
+    /// invite and any open follow-up request, in one transaction; returns whether it existed.
     pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
         self.guard()?;
-        (&self.tokens, &self.token_ids)
-            .transaction(|(tokens, ids)| {
+        let (names, followups) = (self.web_tree(ACCOUNT_NAMES)?, self.web_tree(FOLLOWUPS)?);
+        (&self.tokens, &self.token_ids, &names, &followups)
+            .transaction(|(tokens, ids, names, followups)| {
                 let Some(hash) = ids.remove(id.as_bytes())? else {
                     return Ok(false);
                 };
                 tokens.remove(hash)?;
+                names.remove(id.as_bytes())?;
+                followups.remove(id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
             .map_err(tx_err)

@@ -334,3 +334,41 @@ async fn admin_token_recovers_an_admin_and_a_key_file_keeps_the_key_out_of_the_d
     );
     assert!(server.terminate().success());
 }
+
+#[tokio::test]
+async fn revoking_an_account_deletes_the_name_it_was_given_and_its_follow_up_request() {
+    let app = TestApp::new();
+    let svc = &app.svc;
+    let link = svc
+        .sign_in_link(
+            tellestrek::domain::Role::Supporter,
+            Some("helse-vestfjord"),
+            Some("Kari på intensiv"),
+        )
+        .unwrap();
+    let secret = link.trim_start_matches("/invite/");
+    let session = svc.redeem_invite(secret).unwrap();
+    let who = svc.session(&session.secret).unwrap().principal;
+    svc.set_followup(&who, true).unwrap();
+    let id = who.token_id.clone();
+    assert_eq!(
+        app.svc.store().account_name(&id).unwrap().as_deref(),
+        Some("Kari på intensiv")
+    );
+    assert_eq!(app.svc.store().followups().unwrap(), vec![id.clone()]);
+    let (s, _) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{id}"),
+            Some(crate::helpers::ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(app.svc.store().account_name(&id).unwrap(), None);
+    assert!(app.svc.store().followups().unwrap().is_empty());
+    assert!(
+        svc.session(&session.secret).is_err(),
+        "its devices are signed out"
+    );
+}
