@@ -10,6 +10,7 @@
 //! | `i18n.rs` | languages and the Fluent catalogues (`locales/`) |
 //! | `assets.rs` | static files served from memory under `/assets/` |
 //! | `api.rs` | the JSON API of invites and follow-up requests |
+//! | `scheme.rs` | the scheme pages (mandate, contact) and the public page per organisation |
 //!
 //! Security: pages carry a strict Content-Security-Policy ([`PAGE_CSP`]: nothing from other
 //! hosts, no inline script or style); the session cookie is `HttpOnly`, `SameSite=Strict`,
@@ -19,6 +20,7 @@
 mod api;
 mod assets;
 mod i18n;
+mod scheme;
 
 use std::collections::BTreeMap;
 
@@ -94,6 +96,7 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         .route("/tick/done", get(tick_done))
         .route("/follow-up", post(follow_up))
         .route("/assets/{*path}", get(asset))
+        .merge(pages())
         .route(
             "/api/v1/invites",
             post(api::post_invite).get(api::get_invites),
@@ -101,6 +104,15 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         .route("/api/v1/invites/{id}", delete(api::delete_invite))
         .route("/api/v1/follow-ups", get(api::get_follow_ups))
         .layer(Extension(opts))
+}
+
+/// The researchers' export page, the admin page and the scheme pages (`export.rs`,
+/// `admin.rs`, `scheme.rs`).
+fn pages() -> Router<Service> {
+    Router::new()
+        .route("/scheme", get(scheme::scheme_index))
+        .route("/scheme/{org}", get(scheme::scheme_page))
+        .route("/public/{org}", get(scheme::public_page))
 }
 
 /// What every page handler knows about the request: language, session, cookies.

@@ -47,3 +47,21 @@ error-title = Something went wrong
 csrf-failed = The form had expired. Go back, reload the page and try again.
 not-found = There is no such page.
 back-home = To the front page
+
+## export, admin, scheme
+footer-scheme = About the peer support scheme
+scope-refused = This page belongs to another organisation than yours.
+scheme-list-title = Peer support schemes
+scheme-list-empty = No scheme has a public page.
+scheme-title = The peer support scheme
+scheme-mandate = Mandate and guidelines
+scheme-contact = How to talk to a peer supporter
+scheme-none = The scheme has not written anything here yet.
+scheme-public-link = The scheme's public page
+public-title = Peer support
+public-lead = The scheme offers every employee a talk with a colleague trained to listen. Using it is common.
+public-year = Conversations in { $year }
+public-total = about { $total } conversations
+public-noise = Noise has been added to the number, so that no single conversation can be read from it. Numbers below 3 are shown as "<3".
+public-none-title = No published numbers yet
+public-none = The scheme has not published a yearly number yet.

@@ -47,3 +47,21 @@ error-title = Noe gikk galt
 csrf-failed = Skjemaet var utløpt. Gå tilbake, last siden på nytt og prøv igjen.
 not-found = Siden finnes ikke.
 back-home = Til forsiden
+
+## export, admin, scheme
+footer-scheme = Om kollegastøtteordningen
+scope-refused = Denne siden hører til en annen organisasjon enn din.
+scheme-list-title = Kollegastøtteordninger
+scheme-list-empty = Ingen ordninger har en åpen side.
+scheme-title = Kollegastøtteordningen
+scheme-mandate = Mandat og retningslinjer
+scheme-contact = Slik får du snakke med en kollegastøtte
+scheme-none = Ordningen har ikke skrevet noe her ennå.
+scheme-public-link = Den åpne siden for ordningen
+public-title = Kollegastøtte
+public-lead = Ordningen tilbyr alle ansatte en samtale med en kollega som er lært opp til å lytte. Det er vanlig å bruke den.
+public-year = Samtaler i { $year }
+public-total = ca. { $total } samtaler
+public-noise = Tallet har tilført støy, slik at ingen enkeltsamtale kan leses ut av det. Tall under 3 vises som «<3».
+public-none-title = Ingen publiserte tall ennå
+public-none = Ordningen har ikke publisert et årstall ennå.

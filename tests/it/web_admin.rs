@@ -1,0 +1,244 @@
+//! The researchers' export page, the admin page, the scheme pages and the public page
+//! (issue 9): roles and scope of each page, CSRF on every form, revoked invites, Markdown
+//! escaping, and the public page showing only released numbers.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use time::macros::datetime;
+use tower::ServiceExt;
+
+use crate::helpers::{ADMIN, TestApp};
+
+/// A page answer: status, headers, body as text.
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// The value of the hidden field `name` in the page.
+    fn hidden(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self.body.find(&marker).unwrap_or_else(|| {
+            panic!("no field {name} in {}", self.body);
+        }) + marker.len();
+        let end = self.body[start..].find('"').unwrap() + start;
+        self.body[start..end].to_string()
+    }
+
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// A browser: keeps cookies between requests, like a phone would.
+struct Browser<'a> {
+    app: &'a TestApp,
+    cookies: BTreeMap<String, String>,
+    headers: Vec<(String, String)>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Browser<'a> {
+        Browser {
+            app,
+            cookies: BTreeMap::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+        let mut req = Request::builder().method(method).uri(path);
+        if !self.cookies.is_empty() {
+            let c: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header(header::COOKIE, c.join("; "));
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = match form {
+            Some(fields) => {
+                let body: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                    .collect();
+                req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from(body.join("&")))
+                    .unwrap()
+            }
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let resp = self.app.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        for v in headers.get_all(header::SET_COOKIE) {
+            let v = v.to_str().unwrap();
+            let pair = v.split(';').next().unwrap();
+            let (k, val) = pair.split_once('=').unwrap();
+            if val.is_empty() || v.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), val.to_string());
+            }
+        }
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Page {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.send("GET", path, None).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.send("POST", path, Some(form)).await
+    }
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A browser signed in with `token` through the sign-in form.
+async fn signed_in<'a>(app: &'a TestApp, token: &str) -> Browser<'a> {
+    let mut b = Browser::new(app);
+    let page = b.get("/").await;
+    let csrf = page.hidden("csrf");
+    let done = b
+        .post("/sign-in", &[("csrf", &csrf), ("token", token)])
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    b
+}
+
+#[tokio::test]
+async fn scheme_pages_show_the_policy_markdown_to_their_own_organisation() {
+    let app = TestApp::new();
+    let leader = app.token("leader", Some("helse-vestfjord")).await;
+    let mut b = signed_in(&app, &leader).await;
+    assert_eq!(b.get("/scheme").await.location(), "/scheme/helse-vestfjord");
+    let page = b.get("/scheme/helse-vestfjord").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body
+            .contains("<strong>Kollegastøtteordningen</strong>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("55 00 00 00"));
+    // Another organisation's page is refused.
+    assert_eq!(
+        b.get("/scheme/vikafjord-kommune").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Every page links to the scheme page.
+    assert!(b.get("/").await.body.contains("href=\"/scheme\""));
+    // Without sign-in: to the sign-in page.
+    let mut anon = Browser::new(&app);
+    assert_eq!(anon.get("/scheme/helse-vestfjord").await.location(), "/");
+    // An admin sees every organisation's.
+    let mut admin = signed_in(&app, ADMIN).await;
+    let list = admin.get("/scheme").await;
+    assert!(
+        list.body.contains("/scheme/vikafjord-kommune"),
+        "{}",
+        list.body
+    );
+    assert_eq!(
+        admin.get("/scheme/vikafjord-kommune").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn policy_markdown_cannot_put_html_on_a_page() {
+    let text = tellestrek::policy::DEFAULT_POLICY.replacen(
+        "mandate_md = \"\"\"\n",
+        "mandate_md = \"\"\"\n<script>alert(1)</script> <img src=x onerror=alert(1)>\n\nSe [x](javascript:alert(1)) og <b onclick=x>y</b>\n\n",
+        1,
+    );
+    let policy = tellestrek::policy::Policy::from_str("p.toml", &text).unwrap();
+    let app = TestApp::with_policy(policy);
+    let mut b = signed_in(&app, ADMIN).await;
+    let page = b.get("/scheme/helse-vestfjord").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(!page.body.contains("<img src=x"), "{}", page.body);
+    assert!(!page.body.contains("href=\"javascript"), "{}", page.body);
+    assert!(!page.body.contains("<b onclick"), "{}", page.body);
+    assert!(page.body.contains("&lt;script&gt;"), "{}", page.body);
+}
+
+#[test]
+fn a_too_long_mandate_is_refused_with_its_key() {
+    let long = "a".repeat(tellestrek::policy::MAX_SCHEME_MD + 1);
+    let text = tellestrek::policy::DEFAULT_POLICY.replacen(
+        "contact_md = \"Ta kontakt",
+        &format!("contact_md = \"{long}Ta kontakt"),
+        1,
+    );
+    let e = tellestrek::policy::Policy::from_str("p.toml", &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("orgs[1].contact_md"), "{e}");
+}
+
+#[tokio::test]
+async fn the_public_page_shows_only_the_released_yearly_total_and_is_off_by_default() {
+    let app = TestApp::new();
+    let mut anon = Browser::new(&app);
+    // Off unless the policy turns it on (Vikafjord has no `public_page`).
+    assert_eq!(
+        anon.get("/public/vikafjord-kommune").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        anon.get("/public/nowhere").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Before any release: no number at all, however many ticks are stored.
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 7)
+        .await;
+    let before = anon.get("/public/helse-vestfjord").await;
+    assert_eq!(before.status, StatusCode::OK);
+    assert!(
+        !before.body.contains("data-testid=\"public-total\""),
+        "{}",
+        before.body
+    );
+    assert!(before.body.contains("55 00 00 00"));
+    // After the year is released: the release's total, as released.
+    app.at(datetime!(2027-01-10 12:00 UTC));
+    app.svc.run_lifecycle().await.unwrap();
+    let r = app.svc.release("2026/helse-vestfjord/kanal").unwrap();
+    let shown = if r.total_estimate >= u64::from(r.suppress_below) {
+        format!("ca. {} samtaler", r.total_estimate)
+    } else {
+        format!("&lt;{}", r.suppress_below)
+    };
+    let after = anon.get("/public/helse-vestfjord").await;
+    assert!(after.body.contains("Samtaler i 2026"), "{}", after.body);
+    assert!(after.body.contains(&shown), "{shown} in {}", after.body);
+    // Listed for everyone on /scheme.
+    assert!(
+        anon.get("/scheme")
+            .await
+            .body
+            .contains("/public/helse-vestfjord")
+    );
+}
