@@ -125,6 +125,7 @@ mod tests {
         assert!(nb.len() > 30);
         let text = |l: Lang, id: &str| match id {
             "public-year" | "public-total" => Tr(l).get1(id, &id[7..], 2026),
+            "export-ledger-lead" => Tr(l).get1(id, "budget", 2),
             "home-body" => Tr(l).get1(id, "role", "x"),
             "invite-body" => Tr(l).get1(id, "days", 1),
             _ => Tr(l).get(id),

@@ -10,6 +10,7 @@
 //! | `i18n.rs` | languages and the Fluent catalogues (`locales/`) |
 //! | `assets.rs` | static files served from memory under `/assets/` |
 //! | `api.rs` | the JSON API of invites and follow-up requests |
+//! | `export.rs` | the researchers' export page and its downloads |
 //! | `scheme.rs` | the scheme pages (mandate, contact) and the public page per organisation |
 //!
 //! Security: pages carry a strict Content-Security-Policy ([`PAGE_CSP`]: nothing from other
@@ -19,6 +20,7 @@
 
 mod api;
 mod assets;
+mod export;
 mod i18n;
 mod scheme;
 
@@ -113,6 +115,9 @@ fn pages() -> Router<Service> {
         .route("/scheme", get(scheme::scheme_index))
         .route("/scheme/{org}", get(scheme::scheme_page))
         .route("/public/{org}", get(scheme::public_page))
+        .route("/export", get(export::export_page))
+        .route("/export/download", get(export::download))
+        .route("/export/download.sig", get(export::download_sig))
 }
 
 /// What every page handler knows about the request: language, session, cookies.
@@ -374,6 +379,23 @@ fn message(ctx: &Ctx, status: StatusCode, title: &str, body: &str) -> Response {
             signout_csrf: ctx.signout_csrf(),
             title: t.get(title),
             body: t.get(body),
+        }
+        .render(),
+    )
+}
+
+/// A message page with texts already in the page's language.
+fn message_text(ctx: &Ctx, status: StatusCode, title: String, body: String) -> Response {
+    html(
+        status,
+        MessagePage {
+            t: ctx.t(),
+            v: version(),
+            other_lang: ctx.lang.other().code(),
+            here: "/".into(),
+            signout_csrf: ctx.signout_csrf(),
+            title,
+            body,
         }
         .render(),
     )

@@ -229,11 +229,12 @@ async fn the_public_page_shows_only_the_released_yearly_total_and_is_off_by_defa
     let shown = if r.total_estimate >= u64::from(r.suppress_below) {
         format!("ca. {} samtaler", r.total_estimate)
     } else {
-        format!("&lt;{}", r.suppress_below)
+        format!("&#60;{}", r.suppress_below)
     };
     let after = anon.get("/public/helse-vestfjord").await;
     assert!(after.body.contains("Samtaler i 2026"), "{}", after.body);
-    assert!(after.body.contains(&shown), "{shown} in {}", after.body);
+    let main = &after.body[after.body.find("<main").unwrap()..];
+    assert!(main.contains(&shown), "{shown} in {main}");
     // Listed for everyone on /scheme.
     assert!(
         anon.get("/scheme")
@@ -241,4 +242,99 @@ async fn the_public_page_shows_only_the_released_yearly_total_and_is_off_by_defa
             .body
             .contains("/public/helse-vestfjord")
     );
+}
+
+/// A year of ticks in both organisations, released.
+async fn released_year(app: &TestApp) {
+    let a = app.token("supporter", Some("helse-vestfjord")).await;
+    let k = app.token("supporter", Some("vikafjord-kommune")).await;
+    app.tick(&a, "helse-vestfjord", "akuttmottak", &[], 9).await;
+    app.tick(&k, "vikafjord-kommune", "sykehjem", &[], 4).await;
+    app.at(datetime!(2027-01-10 12:00 UTC));
+    app.svc.run_lifecycle().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_researcher_downloads_signed_csv_and_json_that_verify() {
+    let app = TestApp::new();
+    released_year(&app).await;
+    let researcher = app.token("researcher", None).await;
+    let mut b = signed_in(&app, &researcher).await;
+    let page = b.get("/export").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let key = app.svc.public_key();
+    assert!(page.body.contains(&key), "the signing key is shown");
+    assert!(page.body.contains("tellestrek verify"));
+    assert!(
+        page.body.contains("helse-vestfjord"),
+        "the ledger: {}",
+        page.body
+    );
+
+    let q = "org=helse-vestfjord&marginal=&from=2026&to=2026&format=csv&lang=nb";
+    let csv = b.get(&format!("/export/download?{q}")).await;
+    assert_eq!(csv.status, StatusCode::OK, "{}", csv.body);
+    assert!(
+        csv.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains("tellestrek-releases.csv")
+    );
+    assert!(csv.body.contains("helse-vestfjord"));
+    assert!(
+        !csv.body.contains("vikafjord-kommune"),
+        "only the organisation picked"
+    );
+    let sig = b.get(&format!("/export/download.sig?{q}")).await;
+    assert_eq!(sig.status, StatusCode::OK);
+    tellestrek::service::verify_detached(csv.body.as_bytes(), sig.body.trim(), &key).unwrap();
+
+    let json = b
+        .get("/export/download?org=&marginal=kanal&from=&to=&format=json")
+        .await;
+    assert_eq!(json.status, StatusCode::OK, "{}", json.body);
+    assert!(
+        json.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains("tellestrek-releases.json")
+    );
+    let n = tellestrek::service::verify_export(&json.body, Some(&key)).unwrap();
+    assert_eq!(n, 2, "kanal of both organisations");
+
+    // Bad input: a page that names the field, nothing downloaded.
+    let bad = b.get("/export/download?from=2026-13&format=csv").await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.body.contains("from"), "{}", bad.body);
+}
+
+#[tokio::test]
+async fn the_export_page_is_for_researchers_and_admins_only() {
+    let app = TestApp::new();
+    let mut anon = Browser::new(&app);
+    assert_eq!(anon.get("/export").await.location(), "/");
+    assert_eq!(
+        anon.get("/export/download?format=csv").await.location(),
+        "/"
+    );
+    for (role, org) in [
+        ("leader", Some("helse-vestfjord")),
+        ("coordinator", Some("helse-vestfjord")),
+        ("supporter", Some("helse-vestfjord")),
+    ] {
+        let token = app.token(role, org).await;
+        let mut b = signed_in(&app, &token).await;
+        assert_eq!(
+            b.get("/export").await.status,
+            StatusCode::FORBIDDEN,
+            "{role}"
+        );
+        assert_eq!(
+            b.get("/export/download?format=json").await.status,
+            StatusCode::FORBIDDEN,
+            "{role}"
+        );
+    }
+    let mut admin = signed_in(&app, ADMIN).await;
+    assert_eq!(admin.get("/export").await.status, StatusCode::OK);
 }
