@@ -10,6 +10,7 @@
 //! | `i18n.rs` | languages and the Fluent catalogues (`locales/`) |
 //! | `assets.rs` | static files served from memory under `/assets/` |
 //! | `api.rs` | the JSON API of invites and follow-up requests |
+//! | `admin.rs` | the admin page: tokens, invites, periods, the policy's plan |
 //! | `export.rs` | the researchers' export page and its downloads |
 //! | `scheme.rs` | the scheme pages (mandate, contact) and the public page per organisation |
 //!
@@ -18,6 +19,7 @@
 //! and `Secure` when a trusted proxy says the request came over HTTPS; every form carries a
 //! CSRF token in a hidden field (the session's, or before sign-in a double-submit cookie's).
 
+mod admin;
 mod api;
 mod assets;
 mod export;
@@ -118,6 +120,12 @@ fn pages() -> Router<Service> {
         .route("/export", get(export::export_page))
         .route("/export/download", get(export::download))
         .route("/export/download.sig", get(export::download_sig))
+        .route("/admin", get(admin::admin_page))
+        .route("/admin/tokens", post(admin::create_token))
+        .route("/admin/tokens/revoke", post(admin::revoke_token))
+        .route("/admin/invites", post(admin::create_invite))
+        .route("/admin/invites/revoke", post(admin::revoke_invite))
+        .route("/admin/periods/release", post(admin::release_period))
 }
 
 /// What every page handler knows about the request: language, session, cookies.
@@ -410,6 +418,9 @@ async fn home(ctx: Ctx) -> Response {
     if let Some(who) = ctx.principal() {
         if who.role == Role::Supporter {
             return Redirect::to("/tick").into_response();
+        }
+        if let Some(to) = admin::own_page(who.role) {
+            return Redirect::to(to).into_response();
         }
         let t = ctx.t();
         let role = t.get(&format!("role-{}", who.role.as_str()));

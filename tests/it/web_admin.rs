@@ -338,3 +338,260 @@ async fn the_export_page_is_for_researchers_and_admins_only() {
     let mut admin = signed_in(&app, ADMIN).await;
     assert_eq!(admin.get("/export").await.status, StatusCode::OK);
 }
+
+/// The text between `marker` and the next `<`, in `page`.
+fn after(page: &Page, marker: &str) -> String {
+    let start = page
+        .body
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {}", page.body))
+        + marker.len();
+    let end = page.body[start..].find('<').unwrap() + start;
+    page.body[start..end].to_string()
+}
+
+#[tokio::test]
+async fn an_admin_creates_and_revokes_an_invite_and_the_revoked_link_cannot_sign_in() {
+    let app = TestApp::new();
+    let mut admin = signed_in(&app, ADMIN).await;
+    assert_eq!(admin.get("/").await.location(), "/admin");
+    let page = admin.get("/admin").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Publiseringsplanen"), "the plan");
+    assert!(
+        page.body.contains("95%"),
+        "the accuracy table: {}",
+        page.body
+    );
+    let csrf = page.hidden("csrf");
+    let created = admin
+        .post(
+            "/admin/invites",
+            &[
+                ("csrf", &csrf),
+                ("name", "Kari på akutten"),
+                ("role", "supporter"),
+                ("org", "helse-vestfjord"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert!(
+        created.body.contains("Kari på akutten"),
+        "with the name given"
+    );
+    let link = after(&created, "data-testid=\"shown-once\">");
+    assert!(
+        link.starts_with("http://") && link.contains("/invite/"),
+        "{link}"
+    );
+    let path = &link[link.find("/invite/").unwrap()..];
+    // Listed (never the link), then revoked.
+    let list = admin.get("/admin").await;
+    assert!(!list.body.contains(path), "the link is shown once");
+    let id = after(&list, "<tr><th scope=\"row\"><code>");
+    let revoked = admin
+        .post("/admin/invites/revoke", &[("csrf", &csrf), ("id", &id)])
+        .await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.body);
+    assert!(app.svc.list_invites(&admin_principal()).unwrap().is_empty());
+    // The revoked link signs nobody in.
+    let mut phone = Browser::new(&app);
+    let page = phone.get(path).await;
+    let r = phone
+        .post(
+            "/invite",
+            &[
+                ("csrf", &page.hidden("csrf")),
+                ("secret", &path["/invite/".len()..]),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::GONE, "{}", r.body);
+    assert!(!phone.cookies.contains_key("tellestrek_session"));
+}
+
+fn admin_principal() -> tellestrek::service::Principal {
+    tellestrek::service::Principal {
+        token_id: String::new(),
+        role: tellestrek::domain::Role::Admin,
+        org: None,
+    }
+}
+
+#[tokio::test]
+async fn an_admin_creates_and_revokes_a_token_and_releases_a_closed_period() {
+    let app = TestApp::new();
+    let mut admin = signed_in(&app, ADMIN).await;
+    let csrf = admin.get("/admin").await.hidden("csrf");
+    let created = admin
+        .post(
+            "/admin/tokens",
+            &[
+                ("csrf", &csrf),
+                ("role", "leader"),
+                ("org", "helse-vestfjord"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let token = after(&created, "data-testid=\"shown-once\">");
+    let (s, _) = app
+        .call("GET", "/api/v1/releases", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "the new token works");
+    let all = app.svc.list_tokens(&admin_principal()).unwrap();
+    let id = all
+        .iter()
+        .find(|t| t.role.as_str() == "leader")
+        .unwrap()
+        .id
+        .clone();
+    let r = admin
+        .post("/admin/tokens/revoke", &[("csrf", &csrf), ("id", &id)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let (s, _) = app
+        .call("GET", "/api/v1/releases", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "revoked");
+    // A missing org is refused with a message that names the field; nothing is created.
+    let bad = admin
+        .post(
+            "/admin/tokens",
+            &[("csrf", &csrf), ("role", "leader"), ("org", "")],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.body.contains("org"), "{}", bad.body);
+    assert_eq!(
+        app.svc.list_tokens(&admin_principal()).unwrap().len(),
+        all.len() - 1
+    );
+
+    // November closes after its grace days; "release now" draws it.
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 5)
+        .await;
+    app.at(datetime!(2026-12-20 12:00 UTC));
+    let page = admin.get("/admin").await;
+    assert!(
+        page.body.contains("name=\"period\" value=\"2026-11\""),
+        "{}",
+        page.body
+    );
+    let r = admin
+        .post(
+            "/admin/periods/release",
+            &[("csrf", &csrf), ("period", "2026-11")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(app.svc.release("2026-11/helse-vestfjord/total").is_ok());
+}
+
+#[tokio::test]
+async fn a_coordinator_sees_the_supporter_part_of_their_own_organisation_only() {
+    let app = TestApp::new();
+    let other = app.token("supporter", Some("vikafjord-kommune")).await;
+    let own = app.token("supporter", Some("helse-vestfjord")).await;
+    let _ = (other, own);
+    let coord = app.token("coordinator", Some("helse-vestfjord")).await;
+    let mut b = signed_in(&app, &coord).await;
+    let page = b.get("/admin").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(!page.body.contains("/admin/periods/release"), "no periods");
+    assert!(!page.body.contains("Publiseringsplanen"), "no policy");
+    assert!(
+        !page.body.contains("action=\"/admin/tokens\""),
+        "no new tokens"
+    );
+    assert!(!page.body.contains("vikafjord-kommune"), "{}", page.body);
+    assert!(!page.body.contains("value=\"leader\""), "supporters only");
+    let csrf = page.hidden("csrf");
+    // An invite for another organisation or role is refused.
+    for (role, org) in [
+        ("supporter", "vikafjord-kommune"),
+        ("leader", "helse-vestfjord"),
+    ] {
+        let r = b
+            .post(
+                "/admin/invites",
+                &[("csrf", &csrf), ("role", role), ("org", org)],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{role} {org}");
+    }
+    let r = b
+        .post("/admin/invites", &[("csrf", &csrf), ("name", "Ola")])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = b
+        .post(
+            "/admin/periods/release",
+            &[("csrf", &csrf), ("period", "2026-10")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Leaders, researchers and supporters have no admin page.
+    for (role, org) in [
+        ("leader", Some("helse-vestfjord")),
+        ("researcher", None),
+        ("supporter", Some("helse-vestfjord")),
+    ] {
+        let token = app.token(role, org).await;
+        let mut b = signed_in(&app, &token).await;
+        assert_eq!(
+            b.get("/admin").await.status,
+            StatusCode::FORBIDDEN,
+            "{role}"
+        );
+    }
+    let mut anon = Browser::new(&app);
+    assert_eq!(anon.get("/admin").await.location(), "/");
+}
+
+#[tokio::test]
+async fn every_admin_form_refuses_a_post_without_its_csrf_token() {
+    let app = TestApp::new();
+    let mut admin = signed_in(&app, ADMIN).await;
+    // November is closed (after its 7 grace days).
+    app.at(datetime!(2026-12-20 12:00 UTC));
+    let invite_path = app
+        .svc
+        .sign_in_link(
+            tellestrek::domain::Role::Supporter,
+            Some("helse-vestfjord"),
+            None,
+        )
+        .unwrap();
+    let invites = app.svc.list_invites(&admin_principal()).unwrap();
+    let tokens = app.svc.list_tokens(&admin_principal()).unwrap();
+    let before = app.snapshot();
+    let page = admin.get("/admin").await;
+    assert!(
+        page.body.contains("name=\"period\" value=\"2026-11\""),
+        "closed"
+    );
+    for (path, fields) in [
+        ("/admin/tokens", vec![("role", "researcher")]),
+        ("/admin/tokens/revoke", vec![("id", tokens[0].id.as_str())]),
+        ("/admin/invites", vec![("org", "helse-vestfjord")]),
+        (
+            "/admin/invites/revoke",
+            vec![("id", invites[0].id.as_str())],
+        ),
+        ("/admin/periods/release", vec![("period", "2026-11")]),
+    ] {
+        let r = admin.post(path, &fields).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} without a token");
+        let mut wrong = fields.clone();
+        wrong.push(("csrf", "not-the-token"));
+        let r = admin.post(path, &wrong).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} with a wrong token");
+    }
+    assert_eq!(app.snapshot(), before, "nothing changed");
+    assert_eq!(app.svc.list_invites(&admin_principal()).unwrap().len(), 1);
+    assert!(app.svc.release("2026-11/helse-vestfjord/total").is_err());
+    let _ = invite_path;
+}
