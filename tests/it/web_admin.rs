@@ -595,3 +595,63 @@ async fn every_admin_form_refuses_a_post_without_its_csrf_token() {
     assert!(app.svc.release("2026-11/helse-vestfjord/total").is_err());
     let _ = invite_path;
 }
+
+#[tokio::test]
+async fn the_demo_prints_a_sign_in_link_per_role_that_opens_its_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = tellestrek::demo::build(
+        dir.path(),
+        crate::helpers::NOW,
+        std::sync::Arc::new(tellestrek::dp::ZeroNoise),
+    )
+    .await
+    .unwrap();
+    let links = tellestrek::demo::sign_in_links(&d, "http://127.0.0.1:8080").unwrap();
+    let vars: Vec<&str> = links.iter().map(|l| l.0.as_str()).collect();
+    for v in [
+        "SIGNIN_ADMIN",
+        "SIGNIN_COORDINATOR",
+        "SIGNIN_LEADER",
+        "SIGNIN_RESEARCHER",
+        "SIGNIN_SUPPORTER",
+    ] {
+        assert!(vars.contains(&v), "{v} in {vars:?}");
+    }
+    let env = tellestrek::demo::sign_in_env_lines(&links);
+    assert!(
+        env.contains("export SIGNIN_LEADER='http://127.0.0.1:8080/invite/"),
+        "{env}"
+    );
+    let app = TestApp {
+        router: tellestrek::server::app(d.svc.clone()),
+        svc: d.svc.clone(),
+        clock: d.clock.clone(),
+        dir,
+    };
+    for (var, _, link) in &links {
+        let path = &link["http://127.0.0.1:8080".len()..];
+        let mut b = Browser::new(&app);
+        let page = b.get(path).await;
+        let r = b
+            .post(
+                "/invite",
+                &[
+                    ("csrf", &page.hidden("csrf")),
+                    ("secret", &path["/invite/".len()..]),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{var}");
+        let home = b.get("/").await;
+        let expected = match var.as_str() {
+            "SIGNIN_ADMIN" => "/admin",
+            "SIGNIN_RESEARCHER" => "/export",
+            "SIGNIN_SUPPORTER" => "/tick",
+            _ => "",
+        };
+        assert_eq!(home.location(), expected, "{var}");
+        if !expected.is_empty() {
+            assert_eq!(b.get(expected).await.status, StatusCode::OK, "{var}");
+        }
+    }
+}
