@@ -154,7 +154,7 @@ fn render(
         .collect();
     let periods = if is_admin {
         let mut list = svc.periods(who).unwrap_or_default();
-        list.reverse();
+        list.sort_by_key(|p| std::cmp::Reverse(p.period));
         list.into_iter()
             .take(PERIODS_SHOWN)
             .map(|p| PeriodRow {
