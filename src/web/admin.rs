@@ -90,7 +90,34 @@ fn manager(ctx: &Ctx) -> Result<(Session, Principal), Box<Response>> {
         .ok_or_else(|| Box::new(see_other("/", vec![])))
 }
 
-fn render(
+/// What the page lists, read off the async threads (store reads, and the plan's OpenDP
+/// calibration): tokens, invites, and for admins the periods and the plan.
+type Listed = (
+    Vec<crate::domain::TokenRecord>,
+    Vec<crate::service::InviteInfo>,
+    Vec<crate::service::PeriodInfo>,
+    String,
+);
+
+fn listed(svc: &Service, who: &Principal) -> Listed {
+    let is_admin = who.role == Role::Admin;
+    (
+        svc.list_tokens(who).unwrap_or_default(),
+        svc.list_invites(who).unwrap_or_default(),
+        if is_admin {
+            svc.periods(who).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        if is_admin {
+            crate::plan::describe(svc.current_policy()).unwrap_or_else(|e| e.to_string())
+        } else {
+            String::new()
+        },
+    )
+}
+
+async fn render(
     svc: &Service,
     ctx: &Ctx,
     session: &Session,
@@ -130,9 +157,13 @@ fn render(
             label: o.name.clone(),
         })
         .collect();
-    let tokens = svc
-        .list_tokens(who)
-        .unwrap_or_default()
+    let (tokens, invites, mut periods, plan) = {
+        let (svc, who) = (svc.clone(), who.clone());
+        tokio::task::spawn_blocking(move || listed(&svc, &who))
+            .await
+            .unwrap_or_default()
+    };
+    let tokens = tokens
         .into_iter()
         .map(|r| Row {
             id: r.id,
@@ -141,9 +172,7 @@ fn render(
             extra: r.created.to_string(),
         })
         .collect();
-    let invites = svc
-        .list_invites(who)
-        .unwrap_or_default()
+    let invites = invites
         .into_iter()
         .map(|r| Row {
             id: r.id,
@@ -152,25 +181,16 @@ fn render(
             extra: r.account,
         })
         .collect();
-    let periods = if is_admin {
-        let mut list = svc.periods(who).unwrap_or_default();
-        list.sort_by_key(|p| std::cmp::Reverse(p.period));
-        list.into_iter()
-            .take(PERIODS_SHOWN)
-            .map(|p| PeriodRow {
-                period: p.period.to_string(),
-                state: t.get(&format!("admin-state-{}", p.state.as_str())),
-                releasable: p.state == crate::domain::PeriodState::Closed,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let plan = if is_admin {
-        crate::plan::describe(policy).unwrap_or_else(|e| e.to_string())
-    } else {
-        String::new()
-    };
+    periods.sort_by_key(|p| std::cmp::Reverse(p.period));
+    let periods = periods
+        .into_iter()
+        .take(PERIODS_SHOWN)
+        .map(|p| PeriodRow {
+            period: p.period.to_string(),
+            state: t.get(&format!("admin-state-{}", p.state.as_str())),
+            releasable: p.state == crate::domain::PeriodState::Closed,
+        })
+        .collect();
     html(
         status,
         AdminPage {
@@ -200,7 +220,7 @@ pub async fn admin_page(State(svc): State<Service>, ctx: Ctx) -> Response {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    render(&svc, &ctx, &session, &who, None, None, StatusCode::OK)
+    render(&svc, &ctx, &session, &who, None, None, StatusCode::OK).await
 }
 
 /// Fields of the admin forms (each form sends the ones it has).
@@ -273,20 +293,23 @@ pub async fn create_token(
     let done = tokio::task::spawn_blocking(move || svc2.create_token(&who2, req)).await;
     let t = ctx.t();
     match done {
-        Ok(Ok(tok)) => render(
-            &svc,
-            &ctx,
-            &session,
-            &who,
-            Some(Notice {
-                title: t.get("admin-token-created"),
-                body: t.get("admin-shown-once"),
-                secret: Some(tok.token),
-            }),
-            None,
-            StatusCode::CREATED,
-        ),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()),
+        Ok(Ok(tok)) => {
+            render(
+                &svc,
+                &ctx,
+                &session,
+                &who,
+                Some(Notice {
+                    title: t.get("admin-token-created"),
+                    body: t.get("admin-shown-once"),
+                    secret: Some(tok.token),
+                }),
+                None,
+                StatusCode::CREATED,
+            )
+            .await
+        }
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
         Err(_) => message(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -296,7 +319,13 @@ pub async fn create_token(
     }
 }
 
-fn problem(svc: &Service, ctx: &Ctx, session: &Session, who: &Principal, e: &str) -> Response {
+async fn problem(
+    svc: &Service,
+    ctx: &Ctx,
+    session: &Session,
+    who: &Principal,
+    e: &str,
+) -> Response {
     let text = format!("{} {e}", ctx.t().get("admin-refused"));
     render(
         svc,
@@ -307,6 +336,7 @@ fn problem(svc: &Service, ctx: &Ctx, session: &Session, who: &Principal, e: &str
         Some(text),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
+    .await
 }
 
 /// `POST /admin/tokens/revoke`.
@@ -322,7 +352,7 @@ pub async fn revoke_token(
     let (svc2, who2) = (svc.clone(), who.clone());
     match tokio::task::spawn_blocking(move || svc2.revoke_token(&who2, &form.id)).await {
         Ok(Ok(())) => see_other("/admin#tokens", vec![]),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()),
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
         Err(_) => message(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -354,23 +384,26 @@ pub async fn create_invite(
     let (svc2, who2) = (svc.clone(), who.clone());
     let t = ctx.t();
     match tokio::task::spawn_blocking(move || svc2.create_invite(&who2, req)).await {
-        Ok(Ok(inv)) => render(
-            &svc,
-            &ctx,
-            &session,
-            &who,
-            Some(Notice {
-                title: match &name {
-                    Some(n) => t.get1("admin-invite-created-for", "name", n),
-                    None => t.get("admin-invite-created"),
-                },
-                body: t.get1("admin-invite-once", "days", inv.valid_days),
-                secret: Some(absolute(&headers, &inv.path)),
-            }),
-            None,
-            StatusCode::CREATED,
-        ),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()),
+        Ok(Ok(inv)) => {
+            render(
+                &svc,
+                &ctx,
+                &session,
+                &who,
+                Some(Notice {
+                    title: match &name {
+                        Some(n) => t.get1("admin-invite-created-for", "name", n),
+                        None => t.get("admin-invite-created"),
+                    },
+                    body: t.get1("admin-invite-once", "days", inv.valid_days),
+                    secret: Some(absolute(&headers, &inv.path)),
+                }),
+                None,
+                StatusCode::CREATED,
+            )
+            .await
+        }
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
         Err(_) => message(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -393,7 +426,7 @@ pub async fn revoke_invite(
     let (svc2, who2) = (svc.clone(), who.clone());
     match tokio::task::spawn_blocking(move || svc2.revoke_invite(&who2, &form.id)).await {
         Ok(Ok(())) => see_other("/admin#invites", vec![]),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()),
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
         Err(_) => message(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -415,6 +448,6 @@ pub async fn release_period(
     };
     match svc.release_period(&who, form.period.trim()).await {
         Ok(_) => see_other("/admin#periods", vec![]),
-        Err(e) => problem(&svc, &ctx, &session, &who, &e.to_string()),
+        Err(e) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
     }
 }
