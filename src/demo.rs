@@ -338,6 +338,46 @@ pub fn env_lines(
     Ok(out)
 }
 
+/// One one-time sign-in link per role of the demo's main organisation (and the admin and
+/// researcher), each opening that role's page: `(variable, role, absolute link)`, e.g.
+/// `("SIGNIN_LEADER", "leader", "http://127.0.0.1:8080/invite/…")`. Each link signs one
+/// browser in once (a new account of that role, made by [`Service::sign_in_link`]).
+pub fn sign_in_links(
+    demo: &Demo,
+    url: &str,
+) -> Result<Vec<(String, String, String)>, ServiceError> {
+    let org = demo
+        .tokens
+        .iter()
+        .find_map(|(_, o, _)| o.clone())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (role, scope, _) in &demo.tokens {
+        if scope.as_ref().is_some_and(|o| *o != org) {
+            continue;
+        }
+        let Ok(r) = role.parse::<crate::domain::Role>() else {
+            continue;
+        };
+        let name = (r == crate::domain::Role::Supporter).then_some("Demo");
+        let path = demo.svc.sign_in_link(r, scope.as_deref(), name)?;
+        out.push((
+            format!("SIGNIN_{}", role.to_uppercase()),
+            role.clone(),
+            format!("{url}{path}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// `sign_in_links` as `export` lines for the env file.
+pub fn sign_in_env_lines(links: &[(String, String, String)]) -> String {
+    links
+        .iter()
+        .map(|(var, _, link)| format!("export {var}={}\n", shell_quote(link)))
+        .collect()
+}
+
 #[cfg(test)]
 mod env_tests {
     use super::shell_quote;

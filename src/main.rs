@@ -668,7 +668,13 @@ fn demo(
         }
         let url = format!("http://{}", reachable(addr));
         let bin_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
-        let exports = tellestrek::demo::env_lines(&demo, &url, bin_dir.as_deref())?;
+        let mut exports = tellestrek::demo::env_lines(&demo, &url, bin_dir.as_deref())?;
+        let links = tellestrek::demo::sign_in_links(&demo, &url)?;
+        println!("\nSign-in links for the web pages, one per role (each works once, in one browser):");
+        for (_, role, link) in &links {
+            println!("  {role:<30} {link}");
+        }
+        exports.push_str(&tellestrek::demo::sign_in_env_lines(&links));
         let env_path = env_file.unwrap_or_else(|| dir.join("demo.env"));
         write_env_file(&env_path, &exports)?;
         let shown = env_path.display().to_string().replace('\'', r"'\''");

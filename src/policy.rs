@@ -204,7 +204,22 @@ pub struct Org {
     pub service_level: Option<String>,
     /// Units, in display order.
     pub units: Vec<Unit>,
+    /// The scheme's mandate and guidelines, in Markdown (at most [`MAX_SCHEME_MD`] bytes),
+    /// shown on the scheme page; optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mandate_md: Option<String>,
+    /// How to reach a supporter, in Markdown (at most [`MAX_SCHEME_MD`] bytes); optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_md: Option<String>,
+    /// Whether the organisation has a public page without sign-in (`/scheme/{org}/public`)
+    /// with its last released yearly total and `contact_md`; default false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub public_page: bool,
 }
+
+/// The most bytes of each Markdown text of an organisation (`mandate_md`, `contact_md`):
+/// a page's worth, so a policy file stays readable and a page stays short.
+pub const MAX_SCHEME_MD: usize = 4000;
 
 impl Org {
     /// The unit with this id.
@@ -516,6 +531,12 @@ struct RawOrg {
     #[serde(default)]
     service_level: Option<String>,
     units: Vec<RawUnit>,
+    #[serde(default)]
+    mandate_md: Option<String>,
+    #[serde(default)]
+    contact_md: Option<String>,
+    #[serde(default)]
+    public_page: bool,
 }
 
 #[derive(Deserialize)]
@@ -998,11 +1019,24 @@ fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError> {
                 headcount: u.headcount,
             });
         }
+        for (key, md) in [("mandate_md", &o.mandate_md), ("contact_md", &o.contact_md)] {
+            if let Some(md) = md
+                && (md.trim().is_empty() || md.len() > MAX_SCHEME_MD)
+            {
+                return Err(c.err(
+                    format!("{k}.{key}"),
+                    format!("must be between 1 and {MAX_SCHEME_MD} bytes of Markdown"),
+                ));
+            }
+        }
         orgs.push(Org {
             id: o.id,
             name: o.name,
             service_level: o.service_level,
             units,
+            mandate_md: o.mandate_md,
+            contact_md: o.contact_md,
+            public_page: o.public_page,
         });
     }
 

@@ -11,12 +11,14 @@
 //! | `tokens.rs` | creating, listing and revoking tokens |
 //! | `sessions.rs` | web sign-in: invite links, device sessions, follow-up requests |
 //! | `lifecycle.rs` | the background job: close, budget check, draw, purge |
+//! | `public.rs` | the public page's last released yearly total |
 //! | `reads.rs` | releases in scope, the ledger, signed exports and their verification |
 //! | `dashboard/` | uptake, trend, breakdowns, hours and alerts: once, for pages, API and metrics |
 
 mod dashboard;
 mod lifecycle;
 mod periods;
+mod public;
 mod reads;
 mod sessions;
 mod ticks;
@@ -31,6 +33,7 @@ pub use dashboard::{
 pub use lifecycle::LifecycleReport;
 use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;
+pub use public::PublicTotal;
 pub use reads::{
     DEFAULT_PAGE_RELEASES, MAX_PAGE_RELEASES, PageRequest, ReleaseFilter, ReleasePage, VerifyError,
     canonical_json, verify_detached, verify_export,

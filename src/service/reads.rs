@@ -218,7 +218,7 @@ impl Service {
     }
 
     /// Whether table `id` is a supporter-load table in any policy of this data directory.
-    fn is_load_marginal(&self, id: &str) -> bool {
+    pub(crate) fn is_load_marginal(&self, id: &str) -> bool {
         std::iter::once(&*self.policy)
             .chain(self.regimes.all().iter().map(|r| &*r.policy))
             .filter_map(|p| p.marginal(id))

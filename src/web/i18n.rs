@@ -124,6 +124,10 @@ mod tests {
         assert_eq!(nb, en);
         assert!(nb.len() > 30);
         let text = |l: Lang, id: &str| match id {
+            "public-year" | "public-total" => Tr(l).get1(id, &id[7..], 2026),
+            "export-ledger-lead" => Tr(l).get1(id, "budget", 2),
+            "admin-invite-created-for" => Tr(l).get1(id, "name", "Kari"),
+            "admin-invite-once" => Tr(l).get1(id, "days", 14),
             "home-body" => Tr(l).get1(id, "role", "x"),
             "invite-body" => Tr(l).get1(id, "days", 1),
             _ => Tr(l).get(id),

@@ -10,15 +10,21 @@
 //! | `i18n.rs` | languages and the Fluent catalogues (`locales/`) |
 //! | `assets.rs` | static files served from memory under `/assets/` |
 //! | `api.rs` | the JSON API of invites and follow-up requests |
+//! | `admin.rs` | the admin page: tokens, invites, periods, the policy's plan |
+//! | `export.rs` | the researchers' export page and its downloads |
+//! | `scheme.rs` | the scheme pages (mandate, contact) and the public page per organisation |
 //!
 //! Security: pages carry a strict Content-Security-Policy ([`PAGE_CSP`]: nothing from other
 //! hosts, no inline script or style); the session cookie is `HttpOnly`, `SameSite=Strict`,
 //! and `Secure` when a trusted proxy says the request came over HTTPS; every form carries a
 //! CSRF token in a hidden field (the session's, or before sign-in a double-submit cookie's).
 
+mod admin;
 mod api;
 mod assets;
+mod export;
 mod i18n;
+mod scheme;
 
 use std::collections::BTreeMap;
 
@@ -95,6 +101,7 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         .route("/tick/done", get(tick_done))
         .route("/follow-up", post(follow_up))
         .route("/assets/{*path}", get(asset))
+        .merge(pages())
         .route(
             "/api/v1/invites",
             post(api::post_invite).get(api::get_invites),
@@ -102,6 +109,24 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         .route("/api/v1/invites/{id}", delete(api::delete_invite))
         .route("/api/v1/follow-ups", get(api::get_follow_ups))
         .layer(Extension(opts))
+}
+
+/// The researchers' export page, the admin page and the scheme pages (`export.rs`,
+/// `admin.rs`, `scheme.rs`).
+fn pages() -> Router<Service> {
+    Router::new()
+        .route("/scheme", get(scheme::scheme_index))
+        .route("/scheme/{org}", get(scheme::scheme_page))
+        .route("/public/{org}", get(scheme::public_page))
+        .route("/export", get(export::export_page))
+        .route("/export/download", get(export::download))
+        .route("/export/download.sig", get(export::download_sig))
+        .route("/admin", get(admin::admin_page))
+        .route("/admin/tokens", post(admin::create_token))
+        .route("/admin/tokens/revoke", post(admin::revoke_token))
+        .route("/admin/invites", post(admin::create_invite))
+        .route("/admin/invites/revoke", post(admin::revoke_invite))
+        .route("/admin/periods/release", post(admin::release_period))
 }
 
 /// What every page handler knows about the request: language, session, cookies.
@@ -368,6 +393,23 @@ fn message(ctx: &Ctx, status: StatusCode, title: &str, body: &str) -> Response {
     )
 }
 
+/// A message page with texts already in the page's language.
+fn message_text(ctx: &Ctx, status: StatusCode, title: String, body: String) -> Response {
+    html(
+        status,
+        MessagePage {
+            t: ctx.t(),
+            v: version(),
+            other_lang: ctx.lang.other().code(),
+            here: "/".into(),
+            signout_csrf: ctx.signout_csrf(),
+            title,
+            body,
+        }
+        .render(),
+    )
+}
+
 fn csrf_refused(ctx: &Ctx) -> Response {
     message(ctx, StatusCode::FORBIDDEN, "error-title", "csrf-failed")
 }
@@ -377,6 +419,9 @@ async fn home(ctx: Ctx) -> Response {
     if let Some(who) = ctx.principal() {
         if who.role == Role::Supporter {
             return Redirect::to("/tick").into_response();
+        }
+        if let Some(to) = admin::own_page(who.role) {
+            return Redirect::to(to).into_response();
         }
         let t = ctx.t();
         let role = t.get(&format!("role-{}", who.role.as_str()));

@@ -324,6 +324,8 @@ try {
     await context.close();
   }
 
+  await (await import("./admin.mjs")).default({ origin, admin: demo.admin, binary, artifacts, newDevice, shot, axe, check });
+
   check(foreign.length === 0, `no request to another host${foreign.length ? ": " + foreign.join(", ") : ""}`);
 } catch (e) {
   failures++;
