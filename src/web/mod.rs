@@ -18,6 +18,8 @@
 
 mod api;
 mod assets;
+mod charts;
+mod dashboard;
 mod i18n;
 
 use std::collections::BTreeMap;
@@ -100,6 +102,7 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         )
         .route("/api/v1/invites/{id}", delete(api::delete_invite))
         .route("/api/v1/follow-ups", get(api::get_follow_ups))
+        .merge(dashboard::routes())
         .layer(Extension(opts))
 }
 

@@ -19,3 +19,4 @@ mod ticks;
 mod tokens;
 mod walkthrough;
 mod web;
+mod web_dashboard;
