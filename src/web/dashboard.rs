@@ -7,7 +7,8 @@
 //! a 403 page); admins and researchers pick one. The supporter-load indicator and the open
 //! follow-up requests are shown to coordinators only. Every number is shown in words
 //! ("ca. 12 (trolig 8–16)") with "95 %" said once, in the reading panel; a number too small to
-//! show is [`SUPPRESSED`], explained in the legend.
+//! show is [`SUPPRESSED`] in every table, explained in the same panel. The panel is the page's
+//! own text rather than the service's `reading_note`, which explains the API's "<3" words.
 
 use askama::Template;
 use axum::Router;
@@ -89,7 +90,6 @@ struct DashboardPage {
     year: i32,
     /// Organisations to pick from (admins and researchers only).
     picker: Vec<OrgChoice>,
-    reading: String,
     basis: String,
     first: Option<String>,
     pending: Option<String>,
@@ -476,7 +476,6 @@ fn page(
         org_name: d.org_name.clone(),
         year: d.year,
         picker,
-        reading: said(lang, &d.reading_note),
         basis: said(lang, &d.uptake.basis),
         first: d.uptake.first_conversations.as_ref().map(|f| {
             let n = cell(lang, &f.per_100).text;

@@ -380,6 +380,9 @@ async fn home(ctx: Ctx) -> Response {
         if who.role == Role::Supporter {
             return Redirect::to("/tick").into_response();
         }
+        if matches!(who.role, Role::Leader | Role::Coordinator) {
+            return Redirect::to("/dashboard").into_response();
+        }
         let t = ctx.t();
         let role = t.get(&format!("role-{}", who.role.as_str()));
         return html(

@@ -56,6 +56,7 @@ dash-pick-org = Organisation
 dash-pick-year = Year
 dash-pick-show = Show
 dash-reading-title = How to read these numbers
+dash-reading = The numbers carry random noise that protects each person, and never change once released. "about 12 (likely 8–16)" means: best estimate 12, and with 95 % probability the true number lies between 8 and 16.
 dash-legend-symbol = The sign ":" means
 dash-suppressed = too small to show: the number is below the limit of what can be shown without singling anyone out.
 dash-reading-more = What is counted, why the numbers are noisy and how alerts decide is on the page

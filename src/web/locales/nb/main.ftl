@@ -56,6 +56,7 @@ dash-pick-org = Virksomhet
 dash-pick-year = År
 dash-pick-show = Vis
 dash-reading-title = Slik leser du tallene
+dash-reading = Tallene er tilsatt tilfeldig støy for å verne den enkelte, og endres aldri etter at de er publisert. «ca. 12 (trolig 8–16)» betyr: beste anslag 12, og med 95 % sannsynlighet ligger det sanne tallet mellom 8 og 16.
 dash-legend-symbol = Tegnet «:» betyr
 dash-suppressed = for lite til å vises: tallet er under grensen for hva som kan vises uten å peke ut noen.
 dash-reading-more = Hva som telles, hvorfor tallene har støy og hvordan varslene avgjøres, står på siden
