@@ -23,7 +23,7 @@ async function signIn(page, origin, secret) {
   await page.waitForURL((u) => !u.pathname.startsWith("/sign-in"));
 }
 
-export async function dashboardTests({ origin, admin, newDevice, axe, shot, check }) {
+export async function dashboardTests({ origin, admin, artifacts, newDevice, axe, shot, check }) {
   const hv = await token(origin, admin, "leader", "helse-vestfjord");
   const vk = await token(origin, admin, "leader", "vikafjord-kommune");
 
@@ -52,6 +52,9 @@ export async function dashboardTests({ origin, admin, newDevice, axe, shot, chec
     check(!text.includes("Belastning på støttepersonene"), "no supporter load for a leader");
     await axe(page, "dashboard, nb, 1280 px");
     await shot(page, "dashboard-1280-nb");
+    await page.evaluate(() => document.getElementById("h-uptake").scrollIntoView());
+    await page.screenshot({ path: `${artifacts}/dashboard-1280-nb-screen.png` });
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.emulateMedia({ media: "print" });
     await shot(page, "dashboard-1280-nb-print");
     await page.emulateMedia({ media: "screen" });

@@ -311,7 +311,7 @@ try {
     await context.close();
   }
 
-  await (await import("./dashboard.mjs")).dashboardTests({ origin, admin: demo.admin, newDevice, axe, shot, check });
+  await (await import("./dashboard.mjs")).dashboardTests({ origin, admin: demo.admin, artifacts, newDevice, axe, shot, check });
   check(foreign.length === 0, `no request to another host${foreign.length ? ": " + foreign.join(", ") : ""}`);
 } catch (e) {
   failures++;
