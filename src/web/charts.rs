@@ -96,7 +96,8 @@ pub fn intervals(labels: &Labels<'_>, series: &[String], rows: &[Row]) -> String
             .light_line_style(RGBColor(230, 230, 230))
             .draw()?;
         let k = series.len().max(1) as f64;
-        for (s, name) in series.iter().enumerate() {
+        // Without names there is one series, drawn without a legend.
+        for s in 0..series.len().max(1) {
             let colour = COLOURS[s % COLOURS.len()];
             // Series s of row i sits within the row's band, top to bottom.
             let y = |i: usize| n - i as f64 - (s as f64 + 0.5) / (k + 0.4) - 0.2 / (k + 0.4);
@@ -116,7 +117,7 @@ pub fn intervals(labels: &Labels<'_>, series: &[String], rows: &[Row]) -> String
                     8,
                 )
             }))?;
-            if series.len() > 1 {
+            if let (true, Some(name)) = (series.len() > 1, series.get(s)) {
                 anno.label(name.as_str())
                     .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
             }
@@ -303,6 +304,14 @@ mod tests {
             &[p(3.0).unwrap(), p(5.0).unwrap()],
         );
         assert!(t.contains("<polygon") && t.contains("2026-02"), "{t}");
+        // One series without a name: drawn, without a legend.
+        let one = intervals(&l, &[], &rows);
+        assert_eq!(
+            one.matches("fill=\"#0072B2\" stroke=\"none\"").count(),
+            2,
+            "{one}"
+        );
+        assert!(!one.contains("2026-Q1"));
         assert!(!t.contains("style="));
     }
 }

@@ -90,6 +90,8 @@ struct DashboardPage {
     year: i32,
     /// Organisations to pick from (admins and researchers only).
     picker: Vec<OrgChoice>,
+    /// Links to the year before and (up to this year) after: `(href, year)`.
+    years: Vec<(String, i32)>,
     basis: String,
     first: Option<String>,
     pending: Option<String>,
@@ -282,7 +284,17 @@ async fn dashboard(
             })
             .collect()
     });
-    let page = page(&ctx, &d, picker, followups, coordinator);
+    let mut page = page(&ctx, &d, picker, followups, coordinator);
+    let org_param = if picks {
+        format!("org={}&", d.org)
+    } else {
+        String::new()
+    };
+    page.years = [d.year - 1, d.year + 1]
+        .into_iter()
+        .filter(|y| *y <= svc.today().year())
+        .map(|y| (format!("/dashboard?{org_param}year={y}"), y))
+        .collect();
     html(StatusCode::OK, page.render())
 }
 
@@ -476,6 +488,7 @@ fn page(
         org_name: d.org_name.clone(),
         year: d.year,
         picker,
+        years: Vec::new(),
         basis: said(lang, &d.uptake.basis),
         first: d.uptake.first_conversations.as_ref().map(|f| {
             let n = cell(lang, &f.per_100).text;

@@ -58,6 +58,15 @@ export async function dashboardTests({ origin, admin, artifacts, newDevice, axe,
     await page.emulateMedia({ media: "print" });
     await shot(page, "dashboard-1280-nb-print");
     await page.emulateMedia({ media: "screen" });
+    // The year before, released in full: the breakdowns, outreach share and hours.
+    await page.getByRole("link", { name: "Vis året 2025" }).click();
+    await page.waitForURL(`${origin}/dashboard?year=2025`);
+    const yearCharts = await page.locator("svg[role=img]").count();
+    check(yearCharts >= 6, `the year before has the breakdown charts too (${yearCharts} charts)`);
+    const dotted = await page.$$eval("svg[role=img]", (svgs) => svgs.every((s) => s.querySelectorAll("circle").length > 0));
+    check(dotted, "every chart of the year draws its estimates");
+    await axe(page, "dashboard 2025, nb, 1280 px");
+    await shot(page, "dashboard-1280-nb-2025");
     const refused = await page.goto(`${origin}/dashboard?org=vikafjord-kommune`);
     check(refused.status() === 403, "a leader cannot open another organisation's dashboard (403)");
     await shot(page, "dashboard-1280-nb-refused");

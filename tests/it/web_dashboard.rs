@@ -181,6 +181,19 @@ async fn a_leader_sees_charts_tables_and_alerts_of_their_own_organisation_only()
     assert!(!body.contains("Forespørsler om oppfølging"));
     assert!(!body.contains("id=\"pick-org\""));
 
+    // The year before, released in full: its breakdowns are charts with tables too.
+    assert!(body.contains("href=\"/dashboard?year=2025\""));
+    assert!(!body.contains("year=2027"));
+    let (status, _, body) = demo.page(&cookie, "/dashboard?year=2025").await;
+    assert_eq!(status, StatusCode::OK);
+    for dim in ["yrkesgruppe", "utlosende-arsak", "initiering", "kanal"] {
+        assert!(
+            body.contains(&format!("<title id=\"chart-{dim}-title\">")),
+            "{dim}"
+        );
+    }
+    assert_eq!(body.matches("95 %").count(), 1);
+
     // Another organisation's page: refused, with no number of it.
     let (status, _, body) = demo.page(&cookie, "/dashboard?org=vikafjord-kommune").await;
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -55,6 +55,7 @@ dash-unknown-org = This organisation is not in the service.
 dash-pick-org = Organisation
 dash-pick-year = Year
 dash-pick-show = Show
+dash-show-year = Show the year
 dash-reading-title = How to read these numbers
 dash-reading = The numbers carry random noise that protects each person, and never change once released. "about 12 (likely 8–16)" means: best estimate 12, and with 95 % probability the true number lies between 8 and 16.
 dash-legend-symbol = The sign ":" means

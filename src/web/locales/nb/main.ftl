@@ -55,6 +55,7 @@ dash-unknown-org = Denne virksomheten finnes ikke i tjenesten.
 dash-pick-org = Virksomhet
 dash-pick-year = År
 dash-pick-show = Vis
+dash-show-year = Vis året
 dash-reading-title = Slik leser du tallene
 dash-reading = Tallene er tilsatt tilfeldig støy for å verne den enkelte, og endres aldri etter at de er publisert. «ca. 12 (trolig 8–16)» betyr: beste anslag 12, og med 95 % sannsynlighet ligger det sanne tallet mellom 8 og 16.
 dash-legend-symbol = Tegnet «:» betyr
