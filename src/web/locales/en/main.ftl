@@ -60,6 +60,7 @@ dash-reading-title = How to read these numbers
 dash-reading = The numbers carry random noise that protects each person, and never change once released. "about 12 (likely 8–16)" means: best estimate 12, and with 95 % probability the true number lies between 8 and 16.
 dash-legend-symbol = The sign ":" means
 dash-suppressed = too small to show: the number is below the limit of what can be shown without singling anyone out.
+dash-legend-alerts = In the alerts such a number is written "<" and the limit, for example "<0.6": under 0.6.
 dash-reading-more = What is counted, why the numbers are noisy and how alerts decide is on the page
 dash-print-hint = The yearly summary can be printed or saved as PDF from the browser's print menu.
 dash-alerts-title = Alerts

@@ -60,6 +60,7 @@ dash-reading-title = Slik leser du tallene
 dash-reading = Tallene er tilsatt tilfeldig støy for å verne den enkelte, og endres aldri etter at de er publisert. «ca. 12 (trolig 8–16)» betyr: beste anslag 12, og med 95 % sannsynlighet ligger det sanne tallet mellom 8 og 16.
 dash-legend-symbol = Tegnet «:» betyr
 dash-suppressed = for lite til å vises: tallet er under grensen for hva som kan vises uten å peke ut noen.
+dash-legend-alerts = I varslene står et slikt tall som «<» og grensen, for eksempel «<0,6»: under 0,6.
 dash-reading-more = Hva som telles, hvorfor tallene har støy og hvordan varslene avgjøres, står på siden
 dash-print-hint = Årsoversikten kan skrives ut eller lagres som PDF fra nettleserens utskriftsmeny.
 dash-alerts-title = Varsler
