@@ -1,4 +1,4 @@
-//! Benchmark of `GET /api/v1/dashboard` for the largest organisation at five years of released
+//! Benchmark of `GET /api/v1/dashboard` and the `/dashboard` page for the largest organisation at five years of released
 //! history, through the real router (`tower::ServiceExt::oneshot`), as a leader of that
 //! organisation would read it.
 //!
@@ -12,6 +12,9 @@
 //! * `dashboard/api_2030`: the year 2030 asked for by name.
 //! * `dashboard/api_default_year`: no year: the service looks up the latest released one.
 //! * `dashboard/service_2030`: `Service::dashboard` alone, without HTTP and JSON.
+//! * `dashboard/page_2030`, `dashboard/page_default_year`: the dashboard page (`/dashboard`)
+//!   for the same leader signed in on the web: session lookup, the same service call, the
+//!   charts drawn by plotters and the HTML rendered.
 //!
 //! Run with `cargo bench --bench dashboard`; figures are in benches/README.md.
 
@@ -202,6 +205,34 @@ fn bench(c: &mut Criterion) {
     g.bench_function("api_default_year", |b| {
         b.to_async(&rt).iter(|| get("/api/v1/dashboard"))
     });
+    // The page: the same leader signed in on the web (session cookie), as a browser would.
+    let cookie = rt.block_on(sign_in(&router, &leader));
+    let page = |path: &'static str| {
+        let router = router.clone();
+        let cookie = cookie.clone();
+        async move {
+            let req = Request::get(path)
+                .header("cookie", cookie)
+                .body(Body::empty())
+                .expect("request");
+            let resp = router.oneshot(req).await.expect("response");
+            assert!(resp.status().is_success(), "{}", resp.status());
+            resp.into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .len()
+        }
+    };
+    let size = rt.block_on(page("/dashboard?year=2030"));
+    eprintln!("dashboard page: {size} bytes");
+    g.bench_function("page_2030", |b| {
+        b.to_async(&rt).iter(|| page("/dashboard?year=2030"))
+    });
+    g.bench_function("page_default_year", |b| {
+        b.to_async(&rt).iter(|| page("/dashboard"))
+    });
     let who = svc
         .authenticate(Some(&leader))
         .expect("the leader token is valid");
@@ -209,6 +240,38 @@ fn bench(c: &mut Criterion) {
         b.iter(|| svc.dashboard(&who, None, Some(2030)).expect("dashboard"))
     });
     g.finish();
+}
+
+/// Signs in on the sign-in page with `token`; returns the session's `Cookie` header value.
+async fn sign_in(router: &axum::Router, token: &str) -> String {
+    let cookie_of = |resp: &axum::response::Response, name: &str| -> String {
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .expect("cookie set")
+            .to_string()
+    };
+    let resp = router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+        .await
+        .expect("sign-in page");
+    let form = cookie_of(&resp, "tellestrek_form");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    let marker = "name=\"csrf\" value=\"";
+    let start = body.find(marker).expect("csrf field") + marker.len();
+    let csrf = &body[start..start + body[start..].find('"').expect("csrf end")];
+    let req = Request::post("/sign-in")
+        .header("cookie", form)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={csrf}&token={token}")))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("sign-in");
+    cookie_of(&resp, "tellestrek_session")
 }
 
 criterion_group!(benches, bench);

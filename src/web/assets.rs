@@ -42,6 +42,11 @@ pub static ASSETS: &[Asset] = &[
         body: include_bytes!("../../assets/site.css"),
     },
     Asset {
+        path: "dashboard.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../../assets/dashboard.css"),
+    },
+    Asset {
         path: "tick.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../assets/tick.js"),

@@ -22,6 +22,8 @@
 mod admin;
 mod api;
 mod assets;
+mod charts;
+mod dashboard;
 mod export;
 mod i18n;
 mod scheme;
@@ -108,6 +110,7 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         )
         .route("/api/v1/invites/{id}", delete(api::delete_invite))
         .route("/api/v1/follow-ups", get(api::get_follow_ups))
+        .merge(dashboard::routes())
         .layer(Extension(opts))
 }
 
@@ -422,6 +425,9 @@ async fn home(ctx: Ctx) -> Response {
         }
         if let Some(to) = admin::own_page(who.role) {
             return Redirect::to(to).into_response();
+        }
+        if matches!(who.role, Role::Leader | Role::Coordinator) {
+            return Redirect::to("/dashboard").into_response();
         }
         let t = ctx.t();
         let role = t.get(&format!("role-{}", who.role.as_str()));

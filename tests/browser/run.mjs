@@ -326,6 +326,7 @@ try {
 
   await (await import("./admin.mjs")).default({ origin, admin: demo.admin, binary, artifacts, newDevice, shot, axe, check });
 
+  await (await import("./dashboard.mjs")).dashboardTests({ origin, admin: demo.admin, artifacts, newDevice, axe, shot, check });
   check(foreign.length === 0, `no request to another host${foreign.length ? ": " + foreign.join(", ") : ""}`);
 } catch (e) {
   failures++;

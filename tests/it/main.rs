@@ -20,3 +20,4 @@ mod tokens;
 mod walkthrough;
 mod web;
 mod web_admin;
+mod web_dashboard;

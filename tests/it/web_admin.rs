@@ -146,7 +146,7 @@ async fn scheme_pages_show_the_policy_markdown_to_their_own_organisation() {
         StatusCode::FORBIDDEN
     );
     // Every page links to the scheme page.
-    assert!(b.get("/").await.body.contains("href=\"/scheme\""));
+    assert!(b.get("/methods").await.body.contains("href=\"/scheme\""));
     // Without sign-in: to the sign-in page.
     let mut anon = Browser::new(&app);
     assert_eq!(anon.get("/scheme/helse-vestfjord").await.location(), "/");
@@ -647,6 +647,7 @@ async fn the_demo_prints_a_sign_in_link_per_role_that_opens_its_page() {
             "SIGNIN_ADMIN" => "/admin",
             "SIGNIN_RESEARCHER" => "/export",
             "SIGNIN_SUPPORTER" => "/tick",
+            "SIGNIN_LEADER" | "SIGNIN_COORDINATOR" => "/dashboard",
             _ => "",
         };
         assert_eq!(home.location(), expected, "{var}");
