@@ -312,15 +312,29 @@ try {
     await axe(page, `sign-in page, en, ${label} px`);
     await shot(page, `signin-${label}-en`);
     await page.goto(await invite(`Desk ${label}`));
+    await axe(page, `invite page, en, ${label} px`);
+    await shot(page, `invite-${label}-en`);
     await page.getByRole("button", { name: "Sign in on this device" }).click();
     await page.waitForURL(`${origin}/tick`);
     check((await page.getAttribute("html", "lang")) === "en", `the language is remembered (${label} px)`);
     await axe(page, `tick page, en, ${label} px`);
     await shot(page, `tick-${label}-en`);
+    // The confirmation, in both languages.
+    await chooseAll(page);
+    await page.getByRole("button", { name: "Log", exact: true }).click();
+    await page.waitForURL(/\/tick\/done/);
+    await axe(page, `confirmation page, en, ${label} px`);
+    await shot(page, `done-${label}-en`);
     await page.getByRole("link", { name: "På norsk" }).click();
-    await page.waitForURL(`${origin}/tick`);
+    await page.waitForLoadState("load");
+    await axe(page, `confirmation page, nb, ${label} px`);
+    await shot(page, `done-${label}-nb`);
+    await page.goto(`${origin}/tick`);
     await axe(page, `tick page, nb, ${label} px`);
     await shot(page, `tick-${label}-nb`);
+    await page.goto(await invite(`Desk nb ${label}`));
+    await axe(page, `invite page, nb, ${label} px`);
+    await shot(page, `invite-${label}-nb`);
     await context.close();
   }
 
