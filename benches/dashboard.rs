@@ -18,7 +18,6 @@
 //!
 //! Run with `cargo bench --bench dashboard`; figures are in benches/README.md.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,34 +35,16 @@ use tellestrek::service::Service;
 use time::macros::datetime;
 use tower::ServiceExt;
 
+mod common;
+
 const ORGS: usize = 20;
 const UNITS: usize = 40;
 const ADMIN: &str = "bench-admin-token-0123456789";
 
 /// The default policy with its organisations replaced by 20 of 40 units each.
 fn policy() -> Policy {
-    let head = &DEFAULT_POLICY[..DEFAULT_POLICY
-        .find("[[orgs]]")
-        .expect("default policy has orgs")];
-    let tail = &DEFAULT_POLICY[DEFAULT_POLICY
-        .find("[[dimensions]]")
-        .expect("default policy has dimensions")..];
-    let mut orgs = String::new();
-    for o in 0..ORGS {
-        let _ = writeln!(
-            orgs,
-            "[[orgs]]\nid = \"org-{o}\"\nname = \"Org {o}\"\nunits = ["
-        );
-        for u in 0..UNITS {
-            let _ = writeln!(
-                orgs,
-                "  {{ id = \"unit-{u}\", name = \"Unit {u}\", headcount = {} }},",
-                50 + u * 10
-            );
-        }
-        orgs.push_str("]\n\n");
-    }
-    Policy::from_str("bench.toml", &format!("{head}{orgs}{tail}")).expect("bench policy is valid")
+    let text = common::with_orgs(DEFAULT_POLICY, ORGS, UNITS);
+    Policy::from_str("bench.toml", &text).expect("bench policy is valid")
 }
 
 /// A few raw cells per unit of `org` in `month`, with varied tags.
@@ -167,7 +148,7 @@ fn bench(c: &mut Criterion) {
         let req = Request::post("/api/v1/tokens")
             .header("authorization", format!("Bearer {ADMIN}"))
             .header("content-type", "application/json")
-            .body(Body::from(r#"{"role":"leader","org":"org-0"}"#))
+            .body(Body::from(r#"{"role":"leader","org":"org-00"}"#))
             .expect("request");
         let resp = router.clone().oneshot(req).await.expect("token");
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();

@@ -12,7 +12,6 @@
 //! 2021-01 to 2025-12: the server's lifecycle job never touches periods before its epoch, so
 //! they are served as they are. Admin token: `reads-bench-admin-token-0123456789`.
 
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +24,8 @@ use tellestrek::release::{self, BatchInput};
 use tellestrek::service::Service;
 use time::macros::datetime;
 
+mod common;
+
 const ORGS: usize = 30;
 const UNITS: usize = 40;
 const FIRST_YEAR: i32 = 2021;
@@ -35,27 +36,7 @@ const ADMIN: &str = "reads-bench-admin-token-0123456789";
 /// benches/load-policy.toml (the default policy with a per-supporter cap of 10000) with its
 /// organisations replaced by 30 of 40 units each.
 fn national_policy_text() -> String {
-    let base = include_str!("load-policy.toml");
-    let head = &base[..base.find("[[orgs]]").expect("load policy has orgs")];
-    let tail = &base[base
-        .find("[[dimensions]]")
-        .expect("load policy has dimensions")..];
-    let mut orgs = String::new();
-    for o in 0..ORGS {
-        let _ = writeln!(
-            orgs,
-            "[[orgs]]\nid = \"org-{o:02}\"\nname = \"Helseforetak {o:02}\"\nunits = ["
-        );
-        for u in 0..UNITS {
-            let _ = writeln!(
-                orgs,
-                "  {{ id = \"unit-{u:02}\", name = \"Avdeling {u:02}\", headcount = {} }},",
-                50 + u * 10
-            );
-        }
-        orgs.push_str("]\n\n");
-    }
-    format!("{head}{orgs}{tail}")
+    common::with_orgs(include_str!("load-policy.toml"), ORGS, UNITS)
 }
 
 /// A few raw cells per unit and base period, with varied tags.

@@ -10,41 +10,21 @@
 //!
 //! Run with `cargo bench --bench release`; figures are in benches/README.md.
 
-use std::fmt::Write;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tellestrek::domain::{CellKey, Granularity, Period, TagSet};
 use tellestrek::dp::{self, NoiseSource, OpenDpNoise};
 use tellestrek::policy::{DEFAULT_POLICY, Mechanism, Policy};
 use tellestrek::release::{self, BatchInput};
 
+mod common;
+
 const ORGS: usize = 50;
 const UNITS: usize = 40;
 
 /// The default policy with its organisations replaced by 50 of 40 units each.
 fn large_policy() -> Policy {
-    let head = &DEFAULT_POLICY[..DEFAULT_POLICY
-        .find("[[orgs]]")
-        .expect("default policy has orgs")];
-    let tail = &DEFAULT_POLICY[DEFAULT_POLICY
-        .find("[[dimensions]]")
-        .expect("default policy has dimensions")..];
-    let mut orgs = String::new();
-    for o in 0..ORGS {
-        let _ = writeln!(
-            orgs,
-            "[[orgs]]\nid = \"org-{o}\"\nname = \"Org {o}\"\nunits = ["
-        );
-        for u in 0..UNITS {
-            let _ = writeln!(
-                orgs,
-                "  {{ id = \"unit-{u}\", name = \"Unit {u}\", headcount = {} }},",
-                50 + u * 10
-            );
-        }
-        orgs.push_str("]\n\n");
-    }
-    Policy::from_str("large.toml", &format!("{head}{orgs}{tail}")).expect("large policy is valid")
+    let text = common::with_orgs(DEFAULT_POLICY, ORGS, UNITS);
+    Policy::from_str("large.toml", &text).expect("large policy is valid")
 }
 
 /// A few raw cells per unit, with varied tags, for one base period.
