@@ -13,7 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::export::signed_in_as;
-use super::{Ctx, Tr, csrf_refused, html, message, see_other, version};
+use super::{Ctx, Tr, csrf_refused, html, see_other, unavailable, version};
 use crate::domain::Role;
 use crate::service::{NewInviteRequest, NewTokenRequest, Principal, Service, Session};
 
@@ -310,12 +310,7 @@ pub async fn create_token(
             .await
         }
         Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
-        Err(_) => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        Err(_) => unavailable(&ctx),
     }
 }
 
@@ -353,12 +348,7 @@ pub async fn revoke_token(
     match tokio::task::spawn_blocking(move || svc2.revoke_token(&who2, &form.id)).await {
         Ok(Ok(())) => see_other("/admin#tokens", vec![]),
         Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
-        Err(_) => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        Err(_) => unavailable(&ctx),
     }
 }
 
@@ -404,12 +394,7 @@ pub async fn create_invite(
             .await
         }
         Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
-        Err(_) => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        Err(_) => unavailable(&ctx),
     }
 }
 
@@ -427,12 +412,7 @@ pub async fn revoke_invite(
     match tokio::task::spawn_blocking(move || svc2.revoke_invite(&who2, &form.id)).await {
         Ok(Ok(())) => see_other("/admin#invites", vec![]),
         Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
-        Err(_) => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        Err(_) => unavailable(&ctx),
     }
 }
 

@@ -251,12 +251,7 @@ async fn dashboard(
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return error_page(&ctx, &e),
         Err(_) => {
-            return super::message(
-                &ctx,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "error-title",
-                "error-retry",
-            );
+            return super::unavailable(&ctx);
         }
     };
     let t = ctx.t();

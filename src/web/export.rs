@@ -9,7 +9,7 @@ use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::{Ctx, Tr, html, message, version};
+use super::{Ctx, Tr, html, message, unavailable, version};
 use crate::api::{AppQuery, ReleaseQuery};
 use crate::domain::Role;
 use crate::service::{Principal, Service};
@@ -120,12 +120,7 @@ pub async fn export_page(State(svc): State<Service>, ctx: Ctx) -> Response {
         tokio::task::spawn_blocking(move || svc.budget(&who)).await
     };
     let Ok(Ok(budget)) = budget else {
-        return message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        );
+        return unavailable(&ctx);
     };
     let num = |v: &serde_json::Value| v.as_f64().map(fig).unwrap_or_default();
     let ledger = budget["orgs"]

@@ -379,6 +379,16 @@ fn version() -> &'static str {
     assets::VERSION.as_str()
 }
 
+/// The page for a store that cannot take the request now (503): try again later.
+fn unavailable(ctx: &Ctx) -> Response {
+    message(
+        ctx,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "error-title",
+        "error-retry",
+    )
+}
+
 fn message(ctx: &Ctx, status: StatusCode, title: &str, body: &str) -> Response {
     let t = ctx.t();
     html(
@@ -489,12 +499,7 @@ async fn sign_in(
         Ok(Err(ServiceError::InvalidToken | ServiceError::MissingToken)) => {
             sign_in_page(&ctx, StatusCode::UNAUTHORIZED, true)
         }
-        _ => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        _ => unavailable(&ctx),
     }
 }
 
@@ -555,12 +560,7 @@ async fn invite_redeem(
         Ok(Err(ServiceError::InviteNotValid)) => {
             message(&ctx, StatusCode::GONE, "error-title", "invite-invalid")
         }
-        _ => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        _ => unavailable(&ctx),
     }
 }
 
@@ -870,12 +870,7 @@ async fn follow_up(
     let open = form.open == "true";
     match tokio::task::spawn_blocking(move || svc.set_followup(&who, open)).await {
         Ok(Ok(())) => see_other("/tick#followup", vec![]),
-        _ => message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        ),
+        _ => unavailable(&ctx),
     }
 }
 

@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::{Ctx, Tr, html, message, version};
+use super::{Ctx, Tr, html, message, unavailable, version};
 use crate::policy::Org;
 use crate::service::Service;
 
@@ -204,12 +204,7 @@ pub async fn public_page(
         tokio::task::spawn_blocking(move || svc.public_total(&id)).await
     };
     let Ok(Ok(total)) = found else {
-        return message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "error-title",
-            "error-retry",
-        );
+        return unavailable(&ctx);
     };
     let t = ctx.t();
     html(
