@@ -38,11 +38,13 @@
     return out;
   }
 
-  // Preselect the usual answers where the server did not select anything.
+  // Preselect the usual answers where the server selected nothing or only a preset (the
+  // policy's default answer or the unit given at invite): this device's own answers win.
   var usual = load(USUAL, {});
   var preselected = false;
   groups().forEach(function (name) {
-    if (form.querySelector("input[name='" + name + "']:checked")) { return; }
+    var server = form.querySelector("input[name='" + name + "']:checked");
+    if (server && !server.hasAttribute("data-preset")) { return; }
     var v = usual[name];
     if (!v) { return; }
     var r = form.querySelector("input[name='" + name + "'][value='" + CSS.escape(v) + "']");

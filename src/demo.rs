@@ -359,8 +359,20 @@ pub fn sign_in_links(
         let Ok(r) = role.parse::<crate::domain::Role>() else {
             continue;
         };
-        let name = (r == crate::domain::Role::Supporter).then_some("Demo");
-        let path = demo.svc.sign_in_link(r, scope.as_deref(), name)?;
+        let supporter = r == crate::domain::Role::Supporter;
+        let name = supporter.then_some("Demo");
+        // The demo supporter belongs to the organisation's first unit, so their first contact
+        // takes as few taps as a real supporter's whose coordinator named their unit.
+        let policy = demo.svc.current_policy();
+        let unit = scope
+            .as_deref()
+            .and_then(|o| policy.org(o))
+            .and_then(|o| o.units.first())
+            .filter(|_| supporter)
+            .map(|u| u.id.clone());
+        let path = demo
+            .svc
+            .sign_in_link(r, scope.as_deref(), name, unit.as_deref())?;
         out.push((
             format!("SIGNIN_{}", role.to_uppercase()),
             role.clone(),

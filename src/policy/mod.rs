@@ -182,6 +182,12 @@ pub struct Dimension {
     pub values: Vec<DimValue>,
     /// Rollup groups; empty if the dimension has none.
     pub groups: Vec<DimGroup>,
+    /// The answer the tick page preselects while the device remembers none of its own (a
+    /// supporter's first contacts): the answer most contacts have, such as "no" for "referred
+    /// on". `None` (the default) means the supporter always chooses. It only saves taps: a
+    /// preselected answer is shown, and sent only if the supporter leaves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 impl Dimension {
@@ -614,6 +620,11 @@ mod tests {
                 "dimensions = [\"unit\"]",
                 "dimensions = [\"ward\"]",
                 "marginals[1].dimensions[0]",
+            ),
+            (
+                "default = \"selvhenvendt\"",
+                "default = \"ja\"",
+                "dimensions[2].default",
             ),
         ];
         for (from, to, key) in cases {

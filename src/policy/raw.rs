@@ -206,6 +206,8 @@ pub(super) struct RawDimension {
     #[serde(default)]
     pub(super) groups: Vec<RawGroup>,
     pub(super) values: Vec<RawValue>,
+    #[serde(default)]
+    pub(super) default: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -325,11 +325,23 @@ pub(super) fn validate(file: &str, raw: RawPolicy) -> Result<Policy, PolicyError
                 sensitive: v.sensitive,
             });
         }
+        if let Some(v) = &d.default
+            && !values.iter().any(|x| &x.id == v)
+        {
+            return Err(c.err(
+                format!("{k}.default"),
+                format!(
+                    "`{v}` is not a value of dimension `{}`; give one of its values, or leave `default` out so supporters always choose",
+                    d.id
+                ),
+            ));
+        }
         dimensions.push(Dimension {
             id: d.id,
             label: d.label,
             values,
             groups,
+            default: d.default,
         });
     }
 

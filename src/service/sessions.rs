@@ -51,6 +51,10 @@ pub struct NewInviteRequest {
     /// An existing account (token id) to sign one more device in as; default a new account.
     #[serde(default)]
     pub account: Option<String>,
+    /// For a supporter: the unit (policy id) they belong to, preselected on their tick page
+    /// until the phone remembers their own answers, so a first contact takes few taps.
+    #[serde(default)]
+    pub unit: Option<String>,
 }
 
 /// Longest name a coordinator may give an account, in characters: 80.
@@ -152,6 +156,25 @@ impl Service {
             }
             Some(n) => Some(n.to_string()),
         };
+        let unit = req.unit.as_deref().filter(|u| !u.is_empty());
+        // Checked before anything is stored: a refused invite leaves no account behind.
+        let check_unit = |role: Role, org: Option<&str>| match unit {
+            Some(unit)
+                if role != Role::Supporter
+                    || !org
+                        .and_then(|o| self.policy.org(o))
+                        .is_some_and(|o| o.units.iter().any(|u| u.id == unit)) =>
+            {
+                Err(ServiceError::InvalidField {
+                    field: "unit",
+                    code: "unknown_unit",
+                    message: format!(
+                        "`{unit}` is not a unit of the supporter's organisation; give a unit id from the policy, or leave `unit` out (only supporters have one)"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        };
         let account = match &req.account {
             Some(id) => {
                 let rec = self
@@ -159,6 +182,7 @@ impl Service {
                     .token_by_id(id)?
                     .filter(|t| super::tokens::manages(who, t))
                     .ok_or_else(|| ServiceError::TokenNotFound(id.clone()))?;
+                check_unit(rec.role, rec.org.as_deref())?;
                 if req.role.is_some() || req.org.is_some() {
                     return Err(ServiceError::InvalidField {
                         field: "account",
@@ -169,6 +193,11 @@ impl Service {
                 rec
             }
             None => {
+                let role = req.role.as_deref().unwrap_or("supporter");
+                // An unknown role is refused by `create_token`, naming the role.
+                if let Ok(role) = role.parse() {
+                    check_unit(role, req.org.as_deref())?;
+                }
                 let created = self.create_token(
                     who,
                     NewTokenRequest {
@@ -186,6 +215,9 @@ impl Service {
         };
         if let Some(name) = &name {
             self.store.set_account_name(&account.id, name)?;
+        }
+        if let Some(unit) = unit {
+            self.store.set_account_unit(&account.id, unit)?;
         }
         let secret = Token::generate()?;
         let days = self.policy.web.invite_days;
@@ -256,6 +288,14 @@ impl Service {
             }
             None => Err(ServiceError::InviteNotFound(id.to_string())),
         }
+    }
+
+    /// The unit a coordinator said this supporter belongs to, if it is still a unit of their
+    /// organisation (preselected on the tick page).
+    pub fn home_unit(&self, who: &Principal) -> Option<String> {
+        let unit = self.store.account_unit(&who.token_id).ok().flatten()?;
+        let org = self.current_policy().org(who.org.as_deref()?)?;
+        org.units.iter().any(|u| u.id == unit).then_some(unit)
     }
 
     /// Opens an invite link: once, before it expires, while its account exists. Returns a
@@ -382,6 +422,7 @@ impl Service {
         role: Role,
         org: Option<&str>,
         name: Option<&str>,
+        unit: Option<&str>,
     ) -> Result<String, ServiceError> {
         let admin = Principal {
             token_id: String::new(),
@@ -395,6 +436,7 @@ impl Service {
                 org: org.map(str::to_string),
                 name: name.map(str::to_string),
                 account: None,
+                unit: unit.map(str::to_string),
             },
         )?;
         Ok(invite.path)

@@ -65,6 +65,8 @@ struct AdminPage {
     problem: Option<String>,
     roles: Vec<Opt>,
     orgs: Vec<Opt>,
+    /// Units to preselect on a supporter's tick page, by organisation.
+    units: Vec<(String, Vec<Opt>)>,
     tokens: Vec<Row>,
     invites: Vec<Row>,
     periods: Vec<PeriodRow>,
@@ -148,13 +150,30 @@ async fn render(
         label: role_label(r),
     })
     .collect();
-    let orgs = policy
+    let visible: Vec<_> = policy
         .orgs
         .iter()
         .filter(|o| is_admin || who.org.as_deref() == Some(o.id.as_str()))
+        .collect();
+    let orgs = visible
+        .iter()
         .map(|o| Opt {
             value: o.id.clone(),
             label: o.name.clone(),
+        })
+        .collect();
+    let units = visible
+        .iter()
+        .map(|o| {
+            let units = o
+                .units
+                .iter()
+                .map(|u| Opt {
+                    value: u.id.clone(),
+                    label: u.name.clone(),
+                })
+                .collect();
+            (o.name.clone(), units)
         })
         .collect();
     let (tokens, invites, mut periods, plan) = {
@@ -205,6 +224,7 @@ async fn render(
             problem,
             roles,
             orgs,
+            units,
             tokens,
             invites,
             periods,
@@ -234,6 +254,8 @@ pub struct AdminForm {
     org: String,
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    unit: String,
     #[serde(default)]
     id: String,
     #[serde(default)]
@@ -370,6 +392,7 @@ pub async fn create_invite(
         org: some(&form.org).or_else(|| who.org.clone()),
         name: name.clone(),
         account: None,
+        unit: some(&form.unit),
     };
     let (svc2, who2) = (svc.clone(), who.clone());
     let t = ctx.t();

@@ -339,6 +339,10 @@ struct Group {
     name: String,
     legend: String,
     choices: Vec<Choice>,
+    /// Whether the checked answer is a preset (the policy's default answer, or the unit the
+    /// coordinator gave at invite) rather than the supporter's own: the page's script then
+    /// replaces it with the answer this device remembers.
+    preset: bool,
 }
 
 #[derive(Template)]
@@ -353,7 +357,10 @@ struct TickPage {
     key: String,
     org: String,
     period: String,
+    /// Questions without a preselected answer, asked first.
     groups: Vec<Group>,
+    /// Questions with a preset answer, shown after the others under a heading that says so.
+    presets: Vec<Group>,
     problem: Option<String>,
     followup_open: bool,
 }
@@ -640,38 +647,55 @@ fn tick_page_for(
     let t = ctx.t();
     let policy = svc.current_policy();
     let org_id = who.org.clone().unwrap_or_default();
-    let mut groups = Vec::new();
+    // A question's answer: the one posted, else a preset (the only unit, the unit the
+    // coordinator gave at invite, the policy's default answer); with no answer posted at all.
+    let fresh = chosen.is_empty();
+    let question =
+        |name: String, legend: String, options: Vec<(String, String)>, preset: Option<String>| {
+            let (answer, preset) = match (chosen.get(&name), preset.filter(|_| fresh)) {
+                (Some(a), _) => (Some(a.clone()), false),
+                (None, Some(p)) => (Some(p), true),
+                (None, None) => (None, false),
+            };
+            Group {
+                choices: options
+                    .into_iter()
+                    .map(|(id, label)| Choice {
+                        checked: answer.as_ref() == Some(&id),
+                        id,
+                        label,
+                    })
+                    .collect(),
+                preset,
+                name,
+                legend,
+            }
+        };
+    let mut all = Vec::new();
     if let Some(org) = policy.org(&org_id) {
-        groups.push(Group {
-            name: "unit".into(),
-            legend: t.get("tick-unit"),
-            choices: org
-                .units
+        let only = (org.units.len() == 1).then(|| org.units[0].id.clone());
+        all.push(question(
+            "unit".into(),
+            t.get("tick-unit"),
+            org.units
                 .iter()
-                .map(|u| Choice {
-                    checked: chosen.get("unit") == Some(&u.id) || org.units.len() == 1,
-                    id: u.id.clone(),
-                    label: u.name.clone(),
-                })
+                .map(|u| (u.id.clone(), u.name.clone()))
                 .collect(),
-        });
+            only.or_else(|| svc.home_unit(who)),
+        ));
     }
     for d in &policy.dimensions {
-        let name = format!("dim.{}", d.id);
-        groups.push(Group {
-            legend: t.label(&d.label).to_string(),
-            choices: d
-                .values
+        all.push(question(
+            format!("dim.{}", d.id),
+            t.label(&d.label).to_string(),
+            d.values
                 .iter()
-                .map(|v| Choice {
-                    checked: chosen.get(&name) == Some(&v.id),
-                    id: v.id.clone(),
-                    label: t.label(&v.label).to_string(),
-                })
+                .map(|v| (v.id.clone(), t.label(&v.label).to_string()))
                 .collect(),
-            name,
-        });
+            d.default.clone(),
+        ));
     }
+    let (presets, groups): (Vec<Group>, Vec<Group>) = all.into_iter().partition(|g| g.preset);
     let page = TickPage {
         t,
         v: version(),
@@ -683,6 +707,7 @@ fn tick_page_for(
         org: org_id,
         period: Period::containing(policy.granularity, svc.today()).to_string(),
         groups,
+        presets,
         problem,
         followup_open: svc.followup_open(who).unwrap_or(false),
     };

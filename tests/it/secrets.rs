@@ -344,6 +344,7 @@ async fn revoking_an_account_deletes_the_name_it_was_given_and_its_follow_up_req
             tellestrek::domain::Role::Supporter,
             Some("helse-vestfjord"),
             Some("Kari på intensiv"),
+            None,
         )
         .unwrap();
     let secret = link.trim_start_matches("/invite/");

@@ -592,7 +592,7 @@ async fn a_sign_in_link_for_each_role_for_the_demo() {
     let app = TestApp::new();
     let link = app
         .svc
-        .sign_in_link(Role::Leader, Some("helse-vestfjord"), None)
+        .sign_in_link(Role::Leader, Some("helse-vestfjord"), None, None)
         .unwrap();
     let mut b = Browser::new(&app);
     let r = open_invite(&mut b, &link).await;
@@ -600,7 +600,7 @@ async fn a_sign_in_link_for_each_role_for_the_demo() {
     assert_eq!(b.get("/").await.location(), "/dashboard");
     let link = app
         .svc
-        .sign_in_link(Role::Supporter, Some("helse-vestfjord"), Some("Demo"))
+        .sign_in_link(Role::Supporter, Some("helse-vestfjord"), Some("Demo"), None)
         .unwrap();
     let mut b = Browser::new(&app);
     open_invite(&mut b, &link).await;
@@ -627,4 +627,122 @@ fn the_web_policy_keys_are_validated() {
     )
     .unwrap();
     assert_eq!((ok.web.invite_days, ok.web.session_days), (7, 30));
+}
+
+/// The radios a page has checked, as form fields: what a browser sends if nothing is tapped.
+fn checked_answers(page: &Page) -> Vec<(String, String)> {
+    let re = regex::Regex::new(r#"name="([^"]+)" value="([^"]+)" required checked"#).unwrap();
+    re.captures_iter(&page.body)
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_first_contact_on_a_new_phone_takes_three_taps() {
+    let app = TestApp::new();
+    let policy = tellestrek::policy::Policy::builtin();
+    let coord = app.token("coordinator", Some("helse-vestfjord")).await;
+    // The coordinator says which unit the supporter belongs to.
+    let path = invite(
+        &app,
+        &coord,
+        json!({"org": "helse-vestfjord", "name": "Kari", "unit": "intensiv"}),
+    )
+    .await;
+    let mut phone = Browser::new(&app);
+    open_invite(&mut phone, &path).await;
+    let form = phone.get("/tick").await;
+    assert_eq!(form.status, StatusCode::OK);
+    // Preselected: the unit from the invite and every answer the policy gives a default, each
+    // marked as a preset (the page's script replaces presets with the phone's own answers),
+    // under a heading that says so, after the questions still to answer.
+    let checked = checked_answers(&form);
+    assert!(
+        checked.contains(&("unit".into(), "intensiv".into())),
+        "{checked:?}"
+    );
+    assert!(
+        form.body
+            .contains("value=\"intensiv\" required checked data-preset")
+    );
+    let open: Vec<&str> = policy
+        .dimensions
+        .iter()
+        .filter(|d| d.default.is_none())
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(open, ["yrkesgruppe", "utlosende_arsak"]);
+    for d in policy.dimensions.iter().filter(|d| d.default.is_some()) {
+        let want = (format!("dim.{}", d.id), d.default.clone().unwrap());
+        assert!(checked.contains(&want), "{want:?} preselected");
+    }
+    let heading = form.body.find("Forhåndsvalgt").expect("a presets heading");
+    for d in &open {
+        assert!(form.body.find(&format!("name=\"dim.{d}\"")).unwrap() < heading);
+    }
+    // Three taps: a profession, a trigger, and "Registrer".
+    let mut fields = vec![
+        ("csrf".to_string(), form.hidden("csrf")),
+        ("key".to_string(), form.hidden("key")),
+        ("dim.yrkesgruppe".to_string(), "sykepleier".to_string()),
+        (
+            "dim.utlosende_arsak".to_string(),
+            "alvorlig-hendelse".to_string(),
+        ),
+    ];
+    fields.extend(checked);
+    let before = app.total("2026-11");
+    let done = post_fields(&mut phone, "/tick", &fields).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(app.total("2026-11"), before + 1);
+
+    // Without a unit at invite and with several units, the unit is asked like any question.
+    let path = invite(&app, &coord, json!({"org": "helse-vestfjord"})).await;
+    let mut other = Browser::new(&app);
+    open_invite(&mut other, &path).await;
+    let form = other.get("/tick").await;
+    assert!(!checked_answers(&form).iter().any(|(k, _)| k == "unit"));
+}
+
+#[tokio::test]
+async fn an_invite_refuses_a_unit_outside_the_supporters_organisation_and_stores_nothing() {
+    let app = TestApp::new();
+    let coord = app.token("coordinator", Some("helse-vestfjord")).await;
+    let (_, before) = app.call("GET", "/api/v1/tokens", Some(ADMIN), None).await;
+    let other_unit = app
+        .svc
+        .policy()
+        .orgs
+        .iter()
+        .find(|o| o.id != "helse-vestfjord")
+        .unwrap()
+        .units[0]
+        .id
+        .clone();
+    for (who, body) in [
+        (
+            &coord,
+            json!({"org": "helse-vestfjord", "unit": other_unit}),
+        ),
+        (
+            &coord,
+            json!({"org": "helse-vestfjord", "unit": "Intensiv"}),
+        ),
+        (
+            &ADMIN.to_string(),
+            json!({"org": "helse-vestfjord", "role": "leader", "unit": "intensiv"}),
+        ),
+    ] {
+        let (status, v) = app
+            .call("POST", "/api/v1/invites", Some(who), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["error"]["code"], "unknown_unit");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with("unit:"),
+            "{v}"
+        );
+    }
+    let (_, after) = app.call("GET", "/api/v1/tokens", Some(ADMIN), None).await;
+    assert_eq!(before, after, "a refused invite leaves no account behind");
 }

@@ -458,6 +458,7 @@ async fn every_admin_form_refuses_a_post_without_its_csrf_token() {
             tellestrek::domain::Role::Supporter,
             Some("helse-vestfjord"),
             None,
+            None,
         )
         .unwrap();
     let invites = app.svc.list_invites(&admin_principal()).unwrap();
