@@ -27,8 +27,8 @@ use std::time::Duration;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::Role;
@@ -295,10 +295,7 @@ impl ServiceGauges {
                 "Bytes of released data (the stored releases); the raw cells are never measured, since their size grows with every tick",
             )?,
             releases: IntGaugeVec::new(
-                Opts::new(
-                    "tellestrek_releases",
-                    "Releases stored, by organisation",
-                ),
+                Opts::new("tellestrek_releases", "Releases stored, by organisation"),
                 &["org"],
             )?,
             budget: GaugeVec::new(

@@ -199,7 +199,10 @@ pub async fn lifecycle_loop_observed(svc: Service, every: Duration, metrics: Opt
 /// Records a request in the metrics: method, matched route template (never the raw path) and
 /// status, and its time; [`Metrics::observe_request`] drops the tick routes.
 async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
     // The tick routes are not even timed.
     if route.as_deref().is_some_and(metrics::is_tick_route) {
@@ -247,7 +250,10 @@ async fn metrics_answer(m: Metrics, token: Option<MetricsToken>, headers: Header
     }
     match tokio::task::spawn_blocking(move || m.render()).await {
         Ok(body) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
             body,
         )
             .into_response(),
