@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
 use serde_json::{Value, json};
+use tellestrek::metrics::Metrics;
 use tellestrek::store::Store;
+use time::macros::datetime;
 
-use crate::helpers::{Binary, client, remote_token, tick_body};
+use crate::helpers::{ADMIN as APP_ADMIN, Binary, TestApp, client, remote_token, tick_body};
 
 /// The admin token of these tests (set through `TELLESTREK_ADMIN_TOKEN`, so two runs match).
 const ADMIN: &str = "metrics-test-admin-token-0123456789";
@@ -394,4 +396,125 @@ async fn json_logs_are_one_object_per_line_and_the_startup_line_says_what_runs_w
     assert!(seen_start, "no JSON startup line in {all}");
     assert!(seen_token, "no JSON token line in {all}");
     assert!(!all.contains(ADMIN), "the admin token is in the log");
+}
+
+/// The value of the series `series` (name and labels exactly as written) in a scrape.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn tick_routes_are_neither_counted_nor_timed_whatever_the_answer() {
+    let mut app = TestApp::new();
+    let m = Metrics::new(app.svc.clone()).unwrap();
+    app.router = tellestrek::server::app_with(app.svc.clone(), Some(&m), None);
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 1)
+        .await;
+    // Every tick route, every answer: stored, refused, redirected, wrong method.
+    for (method, path) in [
+        ("GET", "/tick"),
+        ("POST", "/tick"),
+        ("POST", "/tick/edit"),
+        ("GET", "/tick/done"),
+        ("POST", "/api/v1/ticks"),
+        ("GET", "/api/v1/ticks"),
+    ] {
+        app.raw(method, path, None, None, "application/json").await;
+    }
+    app.call("GET", "/api/v1/policy", None, None).await;
+    app.call("GET", "/no/such/path/12345", None, None).await;
+    let text = String::from_utf8(m.render()).unwrap();
+    for series in [
+        r#"tellestrek_http_requests_total{method="POST",route="/api/v1/tokens",status="201"}"#,
+        r#"tellestrek_http_requests_total{method="GET",route="/api/v1/policy",status="401"}"#,
+        r#"tellestrek_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+        r#"tellestrek_http_request_duration_seconds_count{method="GET",route="/api/v1/policy"}"#,
+    ] {
+        assert_eq!(value(&text, series), Some(1.0), "{series} in {text}");
+    }
+    assert!(!text.contains("12345"), "a raw path is a label: {text}");
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!l.contains("tick"), "a tick route is in the metrics: {l}");
+    }
+}
+
+#[tokio::test]
+async fn the_release_gauges_show_what_the_api_serves() {
+    let app = TestApp::new();
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 10)
+        .await;
+    // December: November is closed and released.
+    app.at(datetime!(2026-12-10 08:00 UTC));
+    let report = app.svc.run_lifecycle().await.unwrap();
+    assert!(!report.drawn.is_empty());
+    let m = Metrics::new(app.svc.clone()).unwrap();
+    let text = String::from_utf8(m.render()).unwrap();
+
+    // The newest monthly total, as the releases API serves it (or absent below the threshold).
+    let (_, page) = app
+        .call(
+            "GET",
+            "/api/v1/releases?period=2026-11&org=helse-vestfjord&marginal=total",
+            Some(APP_ADMIN),
+            None,
+        )
+        .await;
+    let served = &page["releases"][0];
+    let estimate = served["total_estimate"].as_f64().unwrap();
+    let series =
+        r#"tellestrek_release_latest_total{cadence="month",org="helse-vestfjord",table="total"}"#;
+    if estimate >= served["suppress_below"].as_f64().unwrap() {
+        assert_eq!(value(&text, series), Some(estimate), "{text}");
+    } else {
+        assert_eq!(value(&text, series), None, "{text}");
+    }
+    // Released data's size: the stored releases, byte for byte.
+    let store = app.svc.store();
+    let mut bytes = 0;
+    for e in store
+        .release_index(&tellestrek::store::ReleaseScan::default(), None)
+        .unwrap()
+    {
+        bytes += store.release_bytes(&e.unwrap().id).unwrap().unwrap().len();
+    }
+    assert!(bytes > 0);
+    assert_eq!(
+        value(&text, "tellestrek_store_released_bytes"),
+        Some(bytes as f64)
+    );
+    // ε spent and left, as the budget API says.
+    let (_, budget) = app
+        .call("GET", "/api/v1/budget", Some(APP_ADMIN), None)
+        .await;
+    let org = budget["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["org"] == "helse-vestfjord")
+        .unwrap();
+    let year = &org["rolling_year"];
+    assert!(year["most_spent"].as_f64().unwrap() > 0.0);
+    for (metric, v) in [
+        ("tellestrek_privacy_spent", &year["most_spent"]),
+        ("tellestrek_privacy_remaining", &year["remaining"]),
+    ] {
+        let series =
+            format!(r#"{metric}{{limit="rolling_year",measure="epsilon",org="helse-vestfjord"}}"#);
+        assert_eq!(value(&text, &series), v.as_f64(), "{series} in {text}");
+    }
+    assert_eq!(
+        value(&text, r#"tellestrek_periods{state="open"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"tellestrek_periods{state="released"}"#).unwrap()
+            + value(&text, r#"tellestrek_periods{state="purged"}"#).unwrap(),
+        1.0,
+        "{text}"
+    );
 }
