@@ -333,8 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut fresh,
                 &token_file,
                 key,
-                metrics,
-                cli.log_format,
+                (metrics, cli.log_format),
             )
         }
         Command::AdminToken {
@@ -585,8 +584,7 @@ fn serve(
     fresh: &mut FreshDir,
     token_file: &std::path::Path,
     key: Option<Vec<u8>>,
-    metrics: MetricsChoice,
-    log_format: tellestrek::logging::LogFormat,
+    (metrics, log_format): (MetricsChoice, tellestrek::logging::LogFormat),
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn clock::Clock> = Arc::from(clock::from_env().map_err(anyhow::Error::msg)?);
     let admin = std::env::var("TELLESTREK_ADMIN_TOKEN")

@@ -518,3 +518,41 @@ async fn the_release_gauges_show_what_the_api_serves() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_is_json_and_uses_only_metrics_the_server_exports() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is valid JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 5));
+    // A server that has answered a request and drawn releases, so every family has series
+    // (without noise, so the newest total is above the display threshold).
+    let mut app = TestApp::zero_noise();
+    let m = Metrics::new(app.svc.clone()).unwrap();
+    app.router = tellestrek::server::app_with(app.svc.clone(), Some(&m), None);
+    let sup = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&sup, "helse-vestfjord", "akuttmottak", &[], 10)
+        .await;
+    app.at(datetime!(2026-12-10 08:00 UTC));
+    app.svc.run_lifecycle().await.unwrap();
+    let scrape = String::from_utf8(m.render()).unwrap();
+    let exported: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let used: std::collections::BTreeSet<&str> = regex::Regex::new(r"tellestrek_[a-z_]+")
+        .unwrap()
+        .find_iter(&text)
+        .map(|m| m.as_str())
+        .collect();
+    assert!(used.len() >= 10, "{used:?}");
+    let missing: Vec<&&str> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard uses metrics the server does not export: {missing:?}\nexported: {exported:?}"
+    );
+}
