@@ -643,8 +643,22 @@ fn serve(
             .filter(|l| !l.trim().is_empty())
             .unwrap_or_else(|| "info".into());
         let log = format!("level {level}, format {}", log_format.as_str());
-        let line = startup_line(svc.policy(), &data, addr, &metrics.describe(addr), &log);
-        tracing::info!("{line}");
+        let exposed = metrics.describe(addr);
+        let line = startup_line(svc.policy(), &data, addr, &exposed, &log);
+        // Standard output has it for a person (and the journal); a JSON log gets it too, with
+        // its parts as fields, for a collector that reads standard error only. In text format
+        // it is not logged twice.
+        if log_format == tellestrek::logging::LogFormat::Json {
+            tracing::info!(
+                policy = %svc.policy().source,
+                policy_fingerprint = %tellestrek::auth::text_fingerprint(&svc.policy().text),
+                data = %data.display(),
+                listen = %addr,
+                metrics = %exposed,
+                log_level = %level,
+                "{line}"
+            );
+        }
         println!("{line}");
         server::run_with(listener, svc, shutdown, metrics)
             .await

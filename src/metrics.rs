@@ -10,6 +10,8 @@
 //!   logged (docs/design.md, "Durability and side channels");
 //! - the store size is that of released data only ([`STORE_RELEASED_BYTES`]), never of the raw
 //!   cells, which grow with every tick;
+//! - the lifecycle job's duration is recorded per run (every 10 minutes), not per tick; it
+//!   depends on the number of tables and cells of the policy, not on how many ticks they hold;
 //! - there are no process metrics (start time, memory, CPU): they say nothing an operator
 //!   needs from this service that the host does not, and differ between two runs.
 //!

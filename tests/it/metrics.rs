@@ -354,6 +354,7 @@ async fn json_logs_are_one_object_per_line_and_the_startup_line_says_what_runs_w
     let c = client();
     remote_token(&c, &server.base, ADMIN, "leader", Some("helse-vestfjord")).await;
     let banner = server.banner.clone();
+    let server_addr = server.base.trim_start_matches("http://").to_string();
     assert!(server.terminate().success());
 
     // The startup line on standard output.
@@ -390,7 +391,11 @@ async fn json_logs_are_one_object_per_line_and_the_startup_line_says_what_runs_w
         let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
         let message = v["fields"]["message"].as_str().unwrap_or_default();
-        seen_start |= message == line;
+        if message == line {
+            seen_start = true;
+            assert_eq!(v["fields"]["listen"], server_addr, "{l}");
+            assert!(v["fields"]["policy_fingerprint"].is_string(), "{l}");
+        }
         seen_token |= message == "token created";
     }
     assert!(seen_start, "no JSON startup line in {all}");
