@@ -10,8 +10,9 @@
 //!   logged (docs/design.md, "Durability and side channels");
 //! - the store size is that of released data only ([`STORE_RELEASED_BYTES`]), never of the raw
 //!   cells, which grow with every tick;
-//! - the lifecycle job's duration is recorded per run (every 10 minutes), not per tick; it
-//!   depends on the number of tables and cells of the policy, not on how many ticks they hold;
+//! - the lifecycle job's duration is recorded per run (at start and every 10 minutes), not per
+//!   tick; it follows the tables and cells of the policy's domain (the raw cells it reads are
+//!   at most one per combination of tags, never one per tick);
 //! - there are no process metrics (start time, memory, CPU): they say nothing an operator
 //!   needs from this service that the host does not, and differ between two runs.
 //!
