@@ -278,6 +278,20 @@ pub fn check_signature(
         .map_err(|_| SignatureError::Mismatch)
 }
 
+/// Whether two secrets are equal, compared as SHA-256 digests so that the time taken says
+/// nothing about how many leading bytes matched (the `/metrics` bearer token).
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    use ring::digest::{SHA256, digest};
+    digest(&SHA256, presented).as_ref() == digest(&SHA256, expected).as_ref()
+}
+
+/// A public fingerprint of a document (the policy file's text): the first 16 hex digits of its
+/// SHA-256, for the startup line, so an operator can tell which policy a server runs.
+pub fn text_fingerprint(text: &str) -> String {
+    use ring::digest::{SHA256, digest};
+    HEXLOWER.encode(&digest(&SHA256, text.as_bytes()).as_ref()[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,11 @@
 //! other crate stays at `warn` unless the operator names it explicitly (`sled=debug`), a choice
 //! that is then theirs to make on a test system, never the default effect of "more logging".
 //!
+//! The format is human-readable text by default, without colour codes unless standard error is
+//! a terminal (the journal and log files get plain text), or one JSON object per line with
+//! `--log-format json` / `TELLESTREK_LOG_FORMAT=json` (tracing-subscriber's JSON layer), for a
+//! log collector.
+//!
 //! Nothing in this crate logs per tick, at any level: no line can then carry a tick's time. The
 //! store logs a change of its health (able to write, or not) once, not per request.
 
@@ -14,6 +19,59 @@ use tracing_subscriber::EnvFilter;
 
 /// The environment variable with the operator's filter.
 pub const LOG_ENV: &str = "TELLESTREK_LOG";
+
+/// The environment variable that chooses the log format (`human` or `json`).
+pub const LOG_FORMAT_ENV: &str = "TELLESTREK_LOG_FORMAT";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Text for a person: time, level, target, message and fields (the default).
+    #[default]
+    Human,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`), for a collector.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `human` or `json` (any case); the error names the accepted values.
+    pub fn parse(text: &str) -> Result<LogFormat, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "human" | "text" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not a log format; use human or json")),
+        }
+    }
+
+    /// The name, as the option takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Installs the process's log subscriber: to standard error, with `filter`, in `format`;
+/// colour only when standard error is a terminal.
+pub fn init(format: LogFormat, filter: EnvFilter) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+        // JSON never carries colour codes; spans are not logged (none carries anything the
+        // event does not), so each line is one self-contained event.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
 
 /// Level for everything that is not named: dependencies say only what is wrong.
 const DEPENDENCY_LEVEL: &str = "warn";
@@ -73,5 +131,17 @@ mod tests {
         );
         assert!(filter(Some("trace")).is_ok());
         assert!(filter(Some("tellestrek=[")).is_err());
+    }
+
+    #[test]
+    fn the_log_format_is_human_or_json() {
+        assert_eq!(LogFormat::parse("json"), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::parse(" JSON "), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::parse("human"), Ok(LogFormat::Human));
+        assert!(
+            LogFormat::parse("xml")
+                .unwrap_err()
+                .contains("human or json")
+        );
     }
 }

@@ -18,6 +18,16 @@ use tellestrek::service::Service;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format: `human` (text; colour only at a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        default_value = "human",
+        env = tellestrek::logging::LOG_FORMAT_ENV,
+        value_parser = tellestrek::logging::LogFormat::parse
+    )]
+    log_format: tellestrek::logging::LogFormat,
 }
 
 /// Environment variables `serve` reads that are not options, shown after its help.
@@ -70,6 +80,22 @@ enum Command {
         /// `head -c 32 /dev/urandom > FILE; chmod 600 FILE`.
         #[arg(long, value_name = "FILE", env = "TELLESTREK_KEY_FILE")]
         key_file: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics, without a token, on an address of
+        /// their own (for a scraper on an internal network): a port (loopback only) or
+        /// HOST:PORT. Default: no metrics.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            env = "TELLESTREK_METRICS_LISTEN",
+            value_parser = parse_listen,
+            conflicts_with = "metrics_token_file"
+        )]
+        metrics_listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics at /metrics on the main address, to requests that carry
+        /// `Authorization: Bearer TOKEN` with the token in FILE (its first line, at least 20
+        /// characters). Default: no metrics.
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_METRICS_TOKEN_FILE")]
+        metrics_token_file: Option<PathBuf>,
     },
     /// Create a new admin token in a data directory, for an operator who has lost every admin
     /// token. Run it with the server stopped; the token goes to a new file (mode 0600).
@@ -250,6 +276,7 @@ fn main() -> ExitCode {
     // service's user alone: directories 0700, files 0600.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     raise_descriptor_limit();
+    let cli = Cli::parse();
     let spec = std::env::var(tellestrek::logging::LOG_ENV).ok();
     let filter = match tellestrek::logging::filter(spec.as_deref()) {
         Ok(f) => f,
@@ -259,13 +286,7 @@ fn main() -> ExitCode {
         }
     };
     // Colour only for a person at a terminal: the journal and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-    let cli = Cli::parse();
+    tellestrek::logging::init(cli.log_format, filter);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -283,6 +304,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             admin_token_file,
             key_file,
+            metrics_listen,
+            metrics_token_file,
         } => {
             let Some(policy) = policy else {
                 anyhow::bail!(
@@ -295,8 +318,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let policy = Policy::from_path(&policy)?;
             let key = read_key_file(key_file.as_deref())?;
             let token_file = admin_token_file.unwrap_or_else(|| default_token_file(&data));
+            let metrics = match (metrics_listen, metrics_token_file) {
+                (Some(addr), _) => MetricsChoice::Listen(addr),
+                (None, Some(file)) => {
+                    MetricsChoice::Token(tellestrek::metrics::MetricsToken::from_file(&file)?)
+                }
+                (None, None) => MetricsChoice::Off,
+            };
             let mut fresh = FreshDir::note(&data);
-            serve(data, policy, listen, &mut fresh, &token_file, key)
+            serve(
+                data,
+                policy,
+                listen,
+                &mut fresh,
+                &token_file,
+                key,
+                (metrics, cli.log_format),
+            )
         }
         Command::AdminToken {
             data,
@@ -511,6 +549,34 @@ fn verify(
     }
 }
 
+/// Where `serve` exposes `/metrics`, as the options asked.
+enum MetricsChoice {
+    /// No metrics (`/metrics` is a 404).
+    Off,
+    /// On an address of their own, without a token.
+    Listen(SocketAddr),
+    /// On the main address, behind this token.
+    Token(tellestrek::metrics::MetricsToken),
+}
+
+/// The startup line: what runs where. Names the policy file and its fingerprint, the data
+/// directory, the listen address, where `/metrics` is, and the log level and format; never a
+/// token, key or secret (the metrics token is only said to exist).
+fn startup_line(
+    policy: &Policy,
+    data: &std::path::Path,
+    addr: SocketAddr,
+    metrics: &str,
+    log: &str,
+) -> String {
+    format!(
+        "Tellestrek listening on http://{addr} (data: {}, policy: {}, policy fingerprint: {}, metrics: {metrics}, log: {log})",
+        data.display(),
+        policy.source,
+        tellestrek::auth::text_fingerprint(&policy.text),
+    )
+}
+
 fn serve(
     data: PathBuf,
     policy: Policy,
@@ -518,6 +584,7 @@ fn serve(
     fresh: &mut FreshDir,
     token_file: &std::path::Path,
     key: Option<Vec<u8>>,
+    (metrics, log_format): (MetricsChoice, tellestrek::logging::LogFormat),
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn clock::Clock> = Arc::from(clock::from_env().map_err(anyhow::Error::msg)?);
     let admin = std::env::var("TELLESTREK_ADMIN_TOKEN")
@@ -532,6 +599,15 @@ fn serve(
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
+        let metrics = match metrics {
+            MetricsChoice::Off => server::MetricsServe::Off,
+            MetricsChoice::Token(t) => server::MetricsServe::Bearer(t),
+            MetricsChoice::Listen(a) => server::MetricsServe::Separate(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the metrics address {a}"))?,
+            ),
+        };
         let (svc, created) =
             Service::open_with_key(&data, policy, clock, admin.as_deref(), key.as_deref())
                 .with_context(|| format!("opening data directory {}", data.display()))?;
@@ -562,12 +638,29 @@ fn serve(
             }
         );
         println!("Policy: {}", svc.policy_change().trim_end());
-        println!(
-            "Tellestrek listening on http://{addr} (data: {}, policy: {})",
-            data.display(),
-            svc.policy().source
-        );
-        server::run(listener, svc, shutdown)
+        let level = std::env::var(tellestrek::logging::LOG_ENV)
+            .ok()
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| "info".into());
+        let log = format!("level {level}, format {}", log_format.as_str());
+        let exposed = metrics.describe(addr);
+        let line = startup_line(svc.policy(), &data, addr, &exposed, &log);
+        // Standard output has it for a person (and the journal); a JSON log gets it too, with
+        // its parts as fields, for a collector that reads standard error only. In text format
+        // it is not logged twice.
+        if log_format == tellestrek::logging::LogFormat::Json {
+            tracing::info!(
+                policy = %svc.policy().source,
+                policy_fingerprint = %tellestrek::auth::text_fingerprint(&svc.policy().text),
+                data = %data.display(),
+                listen = %addr,
+                metrics = %exposed,
+                log_level = %level,
+                "{line}"
+            );
+        }
+        println!("{line}");
+        server::run_with(listener, svc, shutdown, metrics)
             .await
             .context("serving")
     });

@@ -7,6 +7,10 @@
 //! shutdown waits at most [`SHUTDOWN_GRACE`] for requests in flight. No timeout covers a
 //! handler, so none can cut a tick between its write and its answer.
 //!
+//! Metrics (`crate::metrics`) are recorded by one middleware over every route but the tick
+//! routes, and served at `/metrics` on a separate listener or behind a bearer token
+//! ([`MetricsServe`]).
+//!
 //! No access log and no request metrics for the tick route: their counts would be the raw
 //! count, and their timestamps would say when a contact was logged (docs/design.md,
 //! "Durability and side channels"). For the same reason nothing is logged per connection.
@@ -17,7 +21,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,6 +36,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::{self, ApiError, BODY_LIMIT_BYTES, BODY_READ_TIMEOUT};
+use crate::metrics::{self, Metrics, MetricsToken};
 use crate::service::Service;
 
 /// Longest a client may take to send a request head (request line and headers), in seconds: 10.
@@ -94,9 +102,19 @@ pub fn cache_control(value: &'static str) -> SetResponseHeaderLayer<HeaderValue>
 }
 
 /// The whole application's router, with its body limits and timeouts and the security
-/// headers on every answer (errors and 404s included).
+/// headers on every answer (errors and 404s included); without metrics.
 pub fn app(svc: Service) -> Router {
-    let mut router = Router::new()
+    app_with(svc, None, None)
+}
+
+/// [`app`] with request metrics recorded in `metrics` (the tick routes left out), and with
+/// `GET /metrics` behind the bearer token `metrics_token` when one is given.
+pub fn app_with(
+    svc: Service,
+    metrics: Option<&Metrics>,
+    metrics_token: Option<MetricsToken>,
+) -> Router {
+    let mut routes = Router::new()
         .route(
             "/healthz",
             get(api::healthz).layer(cache_control(PROBE_CACHE)),
@@ -120,9 +138,22 @@ pub fn app(svc: Service) -> Router {
             get(api::get_signing_key).layer(cache_control(SIGNING_KEY_CACHE)),
         )
         // The pages, assets and the invite API (src/web).
-        .merge(crate::web::router())
+        .merge(crate::web::router());
+    if let (Some(m), Some(token)) = (metrics, metrics_token) {
+        let m = m.clone();
+        routes = routes.route(
+            metrics::METRICS_PATH,
+            get(move |headers: HeaderMap| metrics_answer(m.clone(), Some(token.clone()), headers)),
+        );
+    }
+    routes = routes
         .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    // Last of the route layers, so it sees every route's matched path (and the fallback).
+    if let Some(m) = metrics {
+        routes = routes.layer(middleware::from_fn_with_state(m.clone(), track));
+    }
+    let mut router = routes
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(MapRequestBodyLayer::new(Body::new))
         // Bounds each read of a body; the JSON extractor bounds the whole body to the same time.
@@ -145,12 +176,138 @@ pub const LIFECYCLE_EVERY: Duration = Duration::from_secs(600);
 /// Runs the lifecycle job now and then every `every`, until aborted. A failed run is logged
 /// and retried at the next tick; a release is never half-written (one transaction).
 pub async fn lifecycle_loop(svc: Service, every: Duration) {
+    lifecycle_loop_observed(svc, every, None).await
+}
+
+/// [`lifecycle_loop`], recording each run's outcome and duration in `metrics`.
+pub async fn lifecycle_loop_observed(svc: Service, every: Duration, metrics: Option<Metrics>) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(e) = svc.run_lifecycle().await {
+        let started = std::time::Instant::now();
+        let outcome = svc.run_lifecycle().await;
+        if let Some(m) = &metrics {
+            m.observe_job(&outcome, started.elapsed());
+        }
+        if let Err(e) = outcome {
             tracing::error!(error = %e, "lifecycle job failed; will retry");
+        }
+    }
+}
+
+/// Records a request in the metrics: method, matched route template (never the raw path) and
+/// status, and its time; [`Metrics::observe_request`] drops the tick routes.
+async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
+    // The tick routes are not even timed.
+    if route.as_deref().is_some_and(metrics::is_tick_route) {
+        return next.run(req).await;
+    }
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    m.observe_request(
+        method.as_str(),
+        route.as_deref(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// The answer of `GET /metrics`: the text exposition, or a 401 when a token is required and
+/// not presented or wrong. The gauges read the store, so rendering runs off the async threads.
+async fn metrics_answer(m: Metrics, token: Option<MetricsToken>, headers: HeaderMap) -> Response {
+    if let Some(token) = token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let refused = match presented {
+            None => Some(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "the Authorization header must read `Bearer TOKEN`, with the metrics token",
+            )),
+            Some(p) if !token.matches(p) => Some(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the Authorization header does not hold the metrics token",
+            )),
+            Some(_) => None,
+        };
+        if let Some(e) = refused {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    match tokio::task::spawn_blocking(move || m.render()).await {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the metrics failed");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+/// The router of the separate metrics address (`--metrics-listen`): `GET /metrics` without a
+/// token, for a scraper on an internal network, and a JSON 404 for anything else.
+pub fn metrics_app(m: Metrics) -> Router {
+    let mut router = Router::new()
+        .route(
+            metrics::METRICS_PATH,
+            get(move |headers: HeaderMap| metrics_answer(m.clone(), None, headers)),
+        )
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    let defaults = SECURITY_HEADERS
+        .into_iter()
+        .chain([(header::CACHE_CONTROL, NO_STORE)]);
+    for (name, value) in defaults {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ));
+    }
+    router
+}
+
+/// Where `GET /metrics` is served, the operator's choice.
+pub enum MetricsServe {
+    /// Nowhere: `/metrics` is a 404 and nothing is recorded.
+    Off,
+    /// On its own listener, without a token (`--metrics-listen`).
+    Separate(TcpListener),
+    /// On the main address behind a bearer token (`--metrics-token-file`).
+    Bearer(MetricsToken),
+}
+
+impl MetricsServe {
+    /// Where `/metrics` is, in words for the startup line (never the token).
+    pub fn describe(&self, main: std::net::SocketAddr) -> String {
+        match self {
+            MetricsServe::Off => {
+                "off (no /metrics; use --metrics-listen or --metrics-token-file)".into()
+            }
+            MetricsServe::Separate(l) => match l.local_addr() {
+                Ok(a) => format!("http://{a}/metrics without a token"),
+                Err(_) => "a separate address without a token".into(),
+            },
+            MetricsServe::Bearer(_) => format!("http://{main}/metrics behind a bearer token"),
         }
     }
 }
@@ -166,9 +323,37 @@ pub async fn run(
     svc: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(listener, svc, shutdown, MetricsServe::Off).await
+}
+
+/// [`run`] with `/metrics` served where `metrics` says. A separate metrics listener is served
+/// by `axum::serve` in a task of its own, stopped with the server.
+pub async fn run_with(
+    listener: TcpListener,
+    svc: Service,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    metrics: MetricsServe,
+) -> std::io::Result<()> {
     let store = svc.store().clone();
-    let job = tokio::spawn(lifecycle_loop(svc.clone(), LIFECYCLE_EVERY));
-    let router = app(svc);
+    let recorder = match &metrics {
+        MetricsServe::Off => None,
+        _ => Some(Metrics::new(svc.clone()).map_err(std::io::Error::other)?),
+    };
+    let job = tokio::spawn(lifecycle_loop_observed(
+        svc.clone(),
+        LIFECYCLE_EVERY,
+        recorder.clone(),
+    ));
+    let (router, side) = match (metrics, &recorder) {
+        (MetricsServe::Separate(l), Some(m)) => (
+            app_with(svc, Some(m), None),
+            Some(tokio::spawn(
+                axum::serve(l, metrics_app(m.clone())).into_future(),
+            )),
+        ),
+        (MetricsServe::Bearer(t), Some(m)) => (app_with(svc, Some(m), Some(t)), None),
+        _ => (app(svc), None),
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -208,6 +393,9 @@ pub async fn run(
     // Stop accepting: new connections are refused from here on.
     drop(listener);
     job.abort();
+    if let Some(side) = side {
+        side.abort();
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
