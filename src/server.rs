@@ -147,7 +147,7 @@ pub fn app_with(
         );
     }
     routes = routes
-        .fallback(|| async { ApiError::not_found() })
+        .fallback(crate::web::not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
     // Last of the route layers, so it sees every route's matched path (and the fallback).
     if let Some(m) = metrics {

@@ -133,7 +133,7 @@ fn pages() -> Router<Service> {
 }
 
 /// What every page handler knows about the request: language, session, cookies.
-struct Ctx {
+pub(crate) struct Ctx {
     lang: Lang,
     /// The session and its cookie's secret, if the device is signed in.
     session: Option<(Session, String)>,
@@ -911,5 +911,25 @@ async fn asset(ctx: Ctx, Path(path): Path<String>) -> Response {
         )
             .into_response(),
         None => message(&ctx, StatusCode::NOT_FOUND, "error-title", "not-found"),
+    }
+}
+
+/// The answer for a path no route serves: the not-found page for a browser asking for a page
+/// (in the visitor's language, with the site's links), the JSON error for the API and for
+/// every client that does not ask for HTML.
+pub(crate) async fn not_found(
+    ctx: Ctx,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let wants_page = !uri.path().starts_with("/api/")
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+    if wants_page {
+        message(&ctx, StatusCode::NOT_FOUND, "error-title", "not-found")
+    } else {
+        crate::api::ApiError::not_found().into_response()
     }
 }

@@ -327,7 +327,8 @@ try {
     check((await page.getAttribute("html", "lang")) === "en", `the language switch (${label} px)`);
     await axe(page, `sign-in page, en, ${label} px`);
     await shot(page, `signin-${label}-en`);
-    await page.goto(await invite(`Desk ${label}`));
+    const used = await invite(`Desk ${label}`);
+    await page.goto(used);
     await axe(page, `invite page, en, ${label} px`);
     await shot(page, `invite-${label}-en`);
     await page.getByRole("button", { name: "Sign in on this device" }).click();
@@ -351,6 +352,35 @@ try {
     await page.goto(await invite(`Desk nb ${label}`));
     await axe(page, `invite page, nb, ${label} px`);
     await shot(page, `invite-${label}-nb`);
+    // The message pages: a page that does not exist (404), a page of another role (403), an
+    // invite link already used (410); each in both languages.
+    for (const lang of ["nb", "en"]) {
+      if (lang === "en") {
+        await page.goto(`${origin}/tick`);
+        await page.getByRole("link", { name: "In English" }).click();
+        await page.waitForLoadState("load");
+      }
+      for (const [what, url, status] of [
+        ["not found", `${origin}/finnes-ikke`, 404],
+        ["refused", `${origin}/export`, 403],
+        ["used invite", used, 410],
+      ]) {
+        let res = await page.goto(url);
+        if (status === 410) {
+          // Opening a link shows its page (a link preview must not use it up); the button
+          // then says it has been used.
+          [res] = await Promise.all([
+            page.waitForResponse((r) => r.request().method() === "POST"),
+            page.getByRole("button", { name: lang === "nb" ? "Logg inn på denne enheten" : "Sign in on this device" }).click(),
+          ]);
+          await page.waitForLoadState("load");
+        }
+        check(res.status() === status, `${what} page answers ${status} (${lang}, ${label} px)`);
+        check((await page.getAttribute("html", "lang")) === lang, `${what} page in ${lang}`);
+        await axe(page, `${what} page, ${lang}, ${label} px`);
+        await shot(page, `error-${status}-${label}-${lang}`);
+      }
+    }
     await context.close();
   }
 

@@ -746,3 +746,31 @@ async fn an_invite_refuses_a_unit_outside_the_supporters_organisation_and_stores
     let (_, after) = app.call("GET", "/api/v1/tokens", Some(ADMIN), None).await;
     assert_eq!(before, after, "a refused invite leaves no account behind");
 }
+
+#[tokio::test]
+async fn an_unknown_page_is_a_page_for_browsers_and_json_for_the_api() {
+    let app = TestApp::new();
+    let mut plain = Browser::new(&app);
+    let json = plain.get("/finnes-ikke").await;
+    assert_eq!(json.status, StatusCode::NOT_FOUND);
+    let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+
+    let mut browser = Browser::new(&app);
+    browser
+        .headers
+        .push(("accept".into(), "text/html,application/xhtml+xml".into()));
+    let page = browser.get("/finnes-ikke").await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(
+        page.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.body.contains("<html lang=\"nb\"") && page.body.contains("Siden finnes ikke"));
+    // The API answers JSON whatever the client accepts.
+    let api = browser.get("/api/v1/finnes-ikke").await;
+    assert_eq!(api.status, StatusCode::NOT_FOUND);
+    assert!(serde_json::from_str::<serde_json::Value>(&api.body).is_ok());
+}
