@@ -34,6 +34,7 @@ pub mod dp;
 pub mod export;
 pub mod fault;
 pub mod logging;
+pub mod openapi;
 pub mod plan;
 pub mod policy;
 pub mod regime;
