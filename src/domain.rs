@@ -465,11 +465,13 @@ pub struct ReleaseCell {
     pub estimate: u64,
     /// 95% interval for the true count around the estimate: it always contains `estimate`,
     /// never goes below 0, and covers the true count 95% of the time (see `release`, step 3).
+    #[schema(min_items = 2, max_items = 2)]
     pub ci: [i64; 2],
     /// 95% interval for the true count around `noisy` (`noisy ± h`, h from OpenDP's accuracy
     /// helper; at least 95%). For researchers who work with the unbiased values; `[0, 0]` in
     /// releases drawn before it was recorded.
     #[serde(default)]
+    #[schema(min_items = 2, max_items = 2)]
     pub noisy_ci: [i64; 2],
     /// Whether `estimate` is below the policy's display threshold (decided on noisy values).
     pub suppressed: bool,

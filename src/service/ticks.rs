@@ -12,6 +12,7 @@ pub struct TickRequest {
     pub unit: String,
     /// One value id per dimension.
     #[serde(deserialize_with = "unique_tags")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub tags: TagSet,
     /// Contacts logged at once; default 1.
     #[serde(default)]

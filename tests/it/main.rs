@@ -7,6 +7,7 @@ mod demo;
 mod faults;
 mod helpers;
 mod numbers;
+mod openapi;
 mod pages;
 mod policy_edits;
 mod reads;
