@@ -158,16 +158,14 @@ impl From<ServiceError> for ApiError {
 }
 
 /// The body of every error answer: `{"error":{"code","message"}}`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// The two parts of an error: a code for programs, a sentence for people.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code, such as `missing_field` or `tick_cap_exceeded`; each operation
     /// lists the codes of each status it answers.
@@ -952,10 +950,11 @@ pub struct ReleaseQuery {
     /// Releases of this marginal only (`total`, or a marginal id of the policy).
     #[serde(default)]
     marginal: Option<String>,
-    /// First period of a range (see [`ReleaseFilter::from`]).
+    /// First period of a range (included): `from=2025-01&to=2025-12` gives 2025's months,
+    /// quarters and the year.
     #[serde(default)]
     from: Option<String>,
-    /// Last period of a range.
+    /// Last period of a range (included).
     #[serde(default)]
     to: Option<String>,
     /// Releases per page (default 100, at most 1000).

@@ -5,7 +5,7 @@
 //! Served at `GET /api/v1/openapi.json` ([`crate::api::get_openapi`]). tests/it/openapi.rs
 //! checks that it lists every route of [`crate::server::api_routes`] with its method, that it
 //! is valid OpenAPI 3.1, and that live answers match the schemas it gives for their status.
-//! Depends on no HTTP crate.
+//! Uses no axum itself: the handlers' annotations generate what it lists.
 
 use utoipa::Modify;
 use utoipa::OpenApi;

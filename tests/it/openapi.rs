@@ -1,8 +1,8 @@
 //! The OpenAPI document (`GET /api/v1/openapi.json`): it lists every JSON route the router
 //! serves with its method (the routes come from `server::api_routes`, the table the router is
 //! built from), it is valid OpenAPI 3.1, and every answer of every documented operation, to
-//! valid and to invalid input, has a status the document lists and a body that its schema
-//! for that status accepts.
+//! valid and to invalid input, has a status the document lists, a body that its schema for
+//! that status accepts, and, for an error, a code the document lists for that status.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -371,8 +371,19 @@ impl<'a> Checker<'a> {
                 value
             }
         };
+        // Each error status lists its codes; the one given must be among them.
+        if let Some(code) = value["error"]["code"].as_str() {
+            let listed = documented["description"].as_str().unwrap_or_default();
+            assert!(
+                listed.contains(&format!("`{code}`")),
+                "{label} with code `{code}`, which the document does not list for it: {listed}"
+            );
+        }
         if status == StatusCode::CREATED && path == "/api/v1/ticks" {
             assert!(resp_headers.contains_key("idempotent-replayed"), "{label}");
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE && value.get("error").is_some() {
+            assert!(resp_headers.contains_key(header::RETRY_AFTER), "{label}");
         }
         self.seen
             .entry((method.to_uppercase(), path.to_string()))
@@ -975,6 +986,10 @@ async fn live_answers_to_valid_and_invalid_input_match_the_document() {
     );
     expect(c.get(d, d, Some(&sup)).await, 403);
     expect(c.get(d, d, None).await, 401);
+
+    // A tick whose write fails is answered 503, with `Retry-After`.
+    app.svc.store().fail_next_syncs(1);
+    expect(c.json("POST", k, k, Some(&sup), tick.clone()).await, 503);
 
     // Every documented operation was called and answered with success, and, where it
     // documents errors, with at least one of them.
