@@ -48,7 +48,7 @@ tick page, with the session cookie and the session's form token in `X-CSRF-Token
         crate::web::api::get_follow_ups,
     ),
     components(schemas(crate::api::ErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &InternalErrors),
     security(("bearer" = []), ("session" = [], "csrf" = [])),
     tags(
         (name = "probes", description = "Liveness and readiness, for the service manager and load balancer"),
@@ -95,6 +95,43 @@ impl Modify for SecuritySchemes {
                 "The session's form token, required with the session cookie",
             ))),
         );
+    }
+}
+
+/// The 500 every operation that reads input may answer (`ApiError::internal`): the detail goes
+/// to the operator's log, the client gets code `internal` and nothing was changed. Added here
+/// once rather than to each annotation.
+struct InternalErrors;
+
+impl Modify for InternalErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let internal = ResponseBuilder::new()
+            .description("`internal`: something went wrong on the server; nothing was changed")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                // Operations without a 4xx (probes, this document, the signing key) read no
+                // input and touch nothing that can fail.
+                if responses.keys().any(|s| s.starts_with('4')) {
+                    responses.insert("500".into(), RefOr::T(internal.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -206,6 +206,15 @@ async fn the_document_is_valid_openapi_3_1() {
             }
             let responses = op["responses"].as_object().unwrap();
             assert!(!responses.is_empty(), "{id} has no responses");
+            if op["security"] != json!([{}]) {
+                // Behind a token: refused without one, and may fail inside.
+                for status in ["401", "500"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{id} does not list {status}"
+                    );
+                }
+            }
             for (status, r) in responses {
                 assert!(status.parse::<u16>().is_ok(), "{id}: status {status}");
                 assert!(r["description"].is_string(), "{id} {status}");
