@@ -15,14 +15,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::domain::TokenRecord;
 use crate::export::Lang;
 use crate::policy::{Dimension, Label, Org};
 use crate::service::{
-    NewTokenRequest, PageRequest, Principal, ReleaseFilter, ReleasePage, Service, ServiceError,
-    TickRequest,
+    NewToken, NewTokenRequest, PageRequest, Principal, ReleaseFilter, ReleasePage, Service,
+    ServiceError, TickAccepted, TickRequest,
 };
 
 /// Largest request body accepted, in bytes. A tick is about 300 bytes; 16 KiB leaves room for
@@ -158,9 +157,33 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// The body of every error answer: `{"error":{"code","message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The two parts of an error: a code for programs, a sentence for people.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, such as `missing_field` or `tick_cap_exceeded`; each operation
+    /// lists the codes of each status it answers.
+    #[schema(pattern = "^[a-z][a-z0-9_]*$", example = "missing_field")]
+    pub code: String,
+    /// A sentence for people; names the offending field where there is one.
+    #[schema(example = "tags: missing field `kanal`")]
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        });
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             return (
                 self.status,
@@ -395,10 +418,75 @@ impl FromRequestParts<Service> for Principal {
     }
 }
 
-/// `GET /healthz`: liveness (the process answers); says nothing of the store.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Answer of `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    pub status: &'static str,
 }
+
+/// `GET /healthz`: liveness (the process answers); says nothing of the store.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "The process answers", body = Health)),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of this API (no token needed),
+/// generated from the code (src/openapi.rs).
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    operation_id = "get_openapi",
+    security(()),
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)),
+)]
+pub async fn get_openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+        .into_response()
+}
+
+/// Answer of `GET /readyz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(value_type = String, pattern = "^(ready|not_ready)$")]
+    pub status: &'static str,
+    /// Why not ready: `disk_full` or `write_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^(disk_full|write_failed)$")]
+    pub reason: Option<&'static str>,
+    /// What the operator should do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub message: Option<&'static str>,
+}
+
+/// `GET /readyz`: readiness: 503 while the store cannot write (a full disk, which heals by
+/// itself when space returns, or a failed write, which needs a restart). Reads of releases
+/// keep working meanwhile.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    operation_id = "readyz",
+    security(()),
+    responses(
+        (status = 200, description = "The store can write: `status` is `ready`", body = Readiness),
+        (status = 503, description = "The store cannot write: `reason` is `disk_full` or `write_failed`", body = Readiness),
+    ),
+)]
 
 /// `GET /readyz`: readiness: 503 while the store cannot write (a full disk, which heals by
 /// itself when space returns, or a failed write, which needs a restart). Reads of releases
@@ -406,73 +494,200 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(svc): State<Service>) -> Response {
     use crate::store::Writable;
     match svc.store().writable() {
-        Writable::Yes => Json(json!({"status": "ready"})).into_response(),
+        Writable::Yes => Json(Readiness {
+            status: "ready",
+            reason: None,
+            message: None,
+        })
+        .into_response(),
         Writable::DiskFull => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "disk_full", "message": "the disk holding the data directory is full; writes resume by themselves when space returns"})),
+            Json(Readiness {
+                status: "not_ready",
+                reason: Some("disk_full"),
+                message: Some(
+                    "the disk holding the data directory is full; writes resume by themselves when space returns",
+                ),
+            }),
         )
             .into_response(),
         Writable::Failed(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "write_failed", "message": "a write to the data directory failed; restart the service (the log says why)"})),
+            Json(Readiness {
+                status: "not_ready",
+                reason: Some("write_failed"),
+                message: Some(
+                    "a write to the data directory failed; restart the service (the log says why)",
+                ),
+            }),
         )
             .into_response(),
     }
 }
 
 /// Query of `GET /api/v1/policy`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LangQuery {
-    /// `nb` (default) or `en`.
+    /// Language of the `label` fields: `nb` (default) or `en`.
     #[serde(default)]
+    #[param(pattern = "^(nb|en)$")]
     lang: Option<String>,
 }
 
-#[derive(Serialize)]
-struct LabelledValue<'a> {
-    id: &'a str,
-    label: &'a str,
-    labels: &'a Label,
+/// Answer of `GET /api/v1/policy`: what a tick must carry, and the organisations' units.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    /// The policy's name.
+    pub name: String,
+    /// Length of a base period: `week`, `month`, `quarter` or `year`.
+    pub period: String,
+    /// Days after a period's end during which it still accepts ticks.
+    pub grace_days: u32,
+    /// Caps on ticks.
+    pub ticks: TickCaps,
+    /// `contact` or `supporter`.
+    pub privacy_unit: String,
+    /// `discrete_laplace` or `discrete_gaussian`.
+    pub mechanism: String,
+    /// Organisations and their units.
+    pub orgs: Vec<OrgView>,
+    /// Tag dimensions: a tick gives one value of each.
+    pub dimensions: Vec<DimensionView>,
+}
+
+/// The caps on ticks of a policy.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TickCaps {
+    /// Most contacts one request may log (`count`).
+    pub max_count_per_request: u32,
+    /// Most contacts one supporter may log in a base period.
+    pub max_per_supporter_per_period: u32,
+}
+
+/// An organisation as `GET /api/v1/policy` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrgView {
+    /// Stable id.
+    pub id: String,
+    /// What people see.
+    pub name: String,
+    /// `spesialist`, `kommunal` or `privat`, if the policy says.
+    pub service_level: Option<String>,
+    /// Employees of all units together (from HR, not from the data).
+    pub headcount: u32,
+    /// Units, in display order.
+    pub units: Vec<crate::policy::Unit>,
+}
+
+/// A tag dimension, with its label in the asked language and in both.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DimensionView {
+    /// Stable id: the key in a tick's `tags`.
+    pub id: String,
+    /// Label in the asked language.
+    pub label: String,
+    /// Label in both languages.
+    pub labels: Label,
+    /// Allowed values, in display order.
+    pub values: Vec<ValueView>,
+    /// Rollup groups; empty if the dimension has none.
+    pub groups: Vec<GroupView>,
+}
+
+/// One allowed value of a dimension.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ValueView {
+    /// Stable id: the value in a tick's `tags`.
+    pub id: String,
+    /// Label in the asked language.
+    pub label: String,
+    /// Label in both languages.
+    pub labels: Label,
+    /// Id of the group the value rolls up to for small units, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<&'a str>,
-    sensitive: bool,
+    pub group: Option<String>,
+    /// Whether its cells get more noise.
+    pub sensitive: bool,
 }
 
-fn pick(label: &Label, en: bool) -> &str {
-    if en { &label.en } else { &label.nb }
+/// A rollup group of a dimension.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupView {
+    /// Stable id.
+    pub id: String,
+    /// Label in the asked language.
+    pub label: String,
+    /// Label in both languages.
+    pub labels: Label,
 }
 
-fn dimension_json(d: &Dimension, en: bool) -> serde_json::Value {
-    let values: Vec<_> = d
-        .values
-        .iter()
-        .map(|v| LabelledValue {
-            id: &v.id,
-            label: pick(&v.label, en),
-            labels: &v.label,
-            group: v.group.as_deref(),
-            sensitive: v.sensitive,
-        })
-        .collect();
-    let groups: Vec<_> = d
-        .groups
-        .iter()
-        .map(|g| json!({"id": g.id, "label": pick(&g.label, en), "labels": g.label}))
-        .collect();
-    json!({"id": d.id, "label": pick(&d.label, en), "labels": d.label, "values": values, "groups": groups})
+fn pick(label: &Label, en: bool) -> String {
+    if en {
+        label.en.clone()
+    } else {
+        label.nb.clone()
+    }
 }
 
-fn org_json(o: &Org) -> serde_json::Value {
-    json!({"id": o.id, "name": o.name, "service_level": o.service_level, "headcount": o.headcount(), "units": o.units})
+fn dimension_view(d: &Dimension, en: bool) -> DimensionView {
+    DimensionView {
+        id: d.id.clone(),
+        label: pick(&d.label, en),
+        labels: d.label.clone(),
+        values: d
+            .values
+            .iter()
+            .map(|v| ValueView {
+                id: v.id.clone(),
+                label: pick(&v.label, en),
+                labels: v.label.clone(),
+                group: v.group.clone(),
+                sensitive: v.sensitive,
+            })
+            .collect(),
+        groups: d
+            .groups
+            .iter()
+            .map(|g| GroupView {
+                id: g.id.clone(),
+                label: pick(&g.label, en),
+                labels: g.label.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn org_view(o: &Org) -> OrgView {
+    OrgView {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        service_level: o.service_level.clone(),
+        headcount: o.headcount(),
+        units: o.units.clone(),
+    }
 }
 
 /// `GET /api/v1/policy`: the taxonomy, organisations and caps (any role).
+#[utoipa::path(
+    get,
+    path = "/api/v1/policy",
+    tag = "policy",
+    operation_id = "get_policy",
+    params(LangQuery),
+    responses(
+        (status = 200, description = "The current period's policy", body = PolicyView),
+        (status = 400, description = "`invalid_query`: a parameter is not UTF-8", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`", body = ErrorBody),
+        (status = 422, description = "`invalid_query` (unknown parameter), `invalid_lang`, `csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_policy(
     State(svc): State<Service>,
     _who: Principal,
     AppQuery(q): AppQuery<LangQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PolicyView>, ApiError> {
     let en = match q.lang.as_deref() {
         None | Some("nb") => false,
         Some("en") => true,
@@ -486,24 +701,49 @@ pub async fn get_policy(
     };
     // The taxonomy a tick must use now: the current period's policy.
     let p = svc.current_policy();
-    Ok(Json(json!({
-        "name": p.name,
-        "period": p.granularity.as_str(),
-        "grace_days": p.grace_days,
-        "ticks": {
-            "max_count_per_request": p.max_count_per_request,
-            "max_per_supporter_per_period": p.max_ticks_per_supporter_period,
+    Ok(Json(PolicyView {
+        name: p.name.clone(),
+        period: p.granularity.as_str().to_string(),
+        grace_days: p.grace_days,
+        ticks: TickCaps {
+            max_count_per_request: p.max_count_per_request,
+            max_per_supporter_per_period: p.max_ticks_per_supporter_period,
         },
-        "privacy_unit": p.privacy.unit.as_str(),
-        "mechanism": p.privacy.mechanism.as_str(),
-        "orgs": p.orgs.iter().map(org_json).collect::<Vec<_>>(),
-        "dimensions": p.dimensions.iter().map(|d| dimension_json(d, en)).collect::<Vec<_>>(),
-    })))
+        privacy_unit: p.privacy.unit.as_str().to_string(),
+        mechanism: p.privacy.mechanism.as_str().to_string(),
+        orgs: p.orgs.iter().map(org_view).collect(),
+        dimensions: p.dimensions.iter().map(|d| dimension_view(d, en)).collect(),
+    }))
 }
 
 /// `POST /api/v1/ticks`: a supporter logs contacts. Answers 201 only once the tick is on disk.
 /// With an `Idempotency-Key` header, a resend of the same contact is counted once and answered
 /// as the first time (with `Idempotent-Replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/ticks",
+    tag = "ticks",
+    operation_id = "post_tick",
+    request_body = TickRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters, such as a UUID: a resend with the same key is counted once and answered as the first time"),
+    ),
+    responses(
+        (status = 201, description = "On disk and counted once", body = TickAccepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answers a resend of a request already counted, else `false`"))),
+        (status = 400, description = "`malformed_json`, `unreadable_body`: the body is not JSON", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: send `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role` (not a supporter), `wrong_org`", body = ErrorBody),
+        (status = 409, description = "`period_not_open`: the period no longer (or not yet) accepts ticks", body = ErrorBody),
+        (status = 422, description = "`missing_field`, `unknown_field`, `duplicate_field`, `invalid_type`, `unknown_org`, `unknown_unit`, `unknown_dimension`, `unknown_value`, `missing_dimension`, `invalid_count`, `invalid_period`, `invalid_idempotency_key`, `csrf_token_invalid`: nothing was stored", body = ErrorBody),
+        (status = 429, description = "`tick_cap_exceeded`: the supporter's cap for the period is reached", body = ErrorBody),
+        (status = 503, description = "`storage_full`, `storage_unavailable`: not stored; try again later", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+    ),
+)]
 pub async fn post_tick(
     State(svc): State<Service>,
     who: Principal,
@@ -534,6 +774,24 @@ pub async fn post_tick(
 }
 
 /// `POST /api/v1/tokens`: create a token (shown once).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    operation_id = "post_token",
+    request_body = NewTokenRequest,
+    responses(
+        (status = 201, description = "The token, shown only in this answer", body = NewToken),
+        (status = 400, description = "`malformed_json`, `unreadable_body`: the body is not JSON", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: send `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`, `wrong_org`", body = ErrorBody),
+        (status = 422, description = "`missing_field`, `unknown_field`, `duplicate_field`, `invalid_type`, `invalid_role`, `missing_org`, `unexpected_org`, `unknown_org`, `csrf_token_invalid`", body = ErrorBody),
+        (status = 503, description = "`storage_full`, `storage_unavailable`: not stored", body = ErrorBody),
+    ),
+)]
 pub async fn post_token(
     State(svc): State<Service>,
     who: Principal,
@@ -549,16 +807,52 @@ pub async fn post_token(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+/// Answer of `GET /api/v1/tokens`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    /// The tokens, never their secrets.
+    pub tokens: Vec<TokenRecord>,
+}
+
 /// `GET /api/v1/tokens`: the tokens the caller may manage, without their secrets.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    operation_id = "get_tokens",
+    responses(
+        (status = 200, description = "The tokens the caller may manage", body = TokenList),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`", body = ErrorBody),
+        (status = 422, description = "`csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_tokens(
     State(svc): State<Service>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     let tokens: Vec<TokenRecord> = svc.list_tokens(&who)?;
-    Ok(Json(json!({"tokens": tokens})))
+    Ok(Json(TokenList { tokens }))
 }
 
 /// `DELETE /api/v1/tokens/{id}`: revoke a token.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    operation_id = "delete_token",
+    params(("id" = String, Path, description = "The token's public id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "`invalid_path`: the id is not UTF-8", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`, `wrong_org`", body = ErrorBody),
+        (status = 404, description = "`token_not_found`", body = ErrorBody),
+        (status = 409, description = "`last_admin_token`: the last admin token cannot be revoked", body = ErrorBody),
+        (status = 422, description = "`csrf_token_invalid`", body = ErrorBody),
+        (status = 503, description = "`storage_full`, `storage_unavailable`: not changed", body = ErrorBody),
+    ),
+)]
 pub async fn delete_token(
     State(svc): State<Service>,
     who: Principal,
@@ -572,54 +866,111 @@ pub async fn delete_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Answer of `GET /api/v1/periods`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PeriodList {
+    /// Every base period since the first, oldest first.
+    pub periods: Vec<crate::service::PeriodInfo>,
+}
+
 /// `GET /api/v1/periods`: periods and their states.
+#[utoipa::path(
+    get,
+    path = "/api/v1/periods",
+    tag = "periods",
+    operation_id = "get_periods",
+    responses(
+        (status = 200, description = "Periods and their states", body = PeriodList),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`", body = ErrorBody),
+        (status = 422, description = "`csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_periods(
     State(svc): State<Service>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({"periods": svc.periods(&who)?})))
+) -> Result<Json<PeriodList>, ApiError> {
+    Ok(Json(PeriodList {
+        periods: svc.periods(&who)?,
+    }))
+}
+
+/// Answer of `POST /api/v1/periods/{period}/release`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Released {
+    /// The period, as given.
+    pub period: String,
+    /// Its state now.
+    pub state: crate::domain::PeriodState,
+    /// Ids of the releases that end with it (drawn now or before).
+    pub releases: Vec<String>,
 }
 
 /// `POST /api/v1/periods/{period}/release`: release a closed period now (admin; idempotent).
+#[utoipa::path(
+    post,
+    path = "/api/v1/periods/{period}/release",
+    tag = "periods",
+    operation_id = "post_release",
+    params(("period" = String, Path, description = "A closed base period, such as `2026-10`")),
+    responses(
+        (status = 200, description = "Released (now or before): the releases are on disk", body = Released),
+        (status = 400, description = "`invalid_path`: the period is not UTF-8", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`", body = ErrorBody),
+        (status = 409, description = "`period_not_releasable` (still open), `budget_exceeded`", body = ErrorBody),
+        (status = 422, description = "`invalid_period`, `csrf_token_invalid`", body = ErrorBody),
+        (status = 503, description = "`storage_full`, `storage_unavailable`: nothing released", body = ErrorBody),
+    ),
+)]
 pub async fn post_release(
     State(svc): State<Service>,
     who: Principal,
     AppPath(period): AppPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Released>, ApiError> {
     let (state, releases) = svc.release_period(&who, &period).await?;
-    let ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
-    Ok(Json(
-        json!({"period": period, "state": state, "releases": ids}),
-    ))
+    Ok(Json(Released {
+        period,
+        state,
+        releases: releases.into_iter().map(|r| r.id).collect(),
+    }))
 }
 
 /// Query of `GET /api/v1/releases` and `GET /api/v1/releases.sig`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReleaseQuery {
+    /// Releases of this period only.
     #[serde(default)]
     period: Option<String>,
+    /// Releases of this organisation only.
     #[serde(default)]
     org: Option<String>,
+    /// Releases of this marginal only (`total`, or a marginal id of the policy).
     #[serde(default)]
     marginal: Option<String>,
-    /// First period of a range (see [`ReleaseFilter::from`]).
+    /// First period of a range (included): `from=2025-01&to=2025-12` gives 2025's months,
+    /// quarters and the year.
     #[serde(default)]
     from: Option<String>,
-    /// Last period of a range.
+    /// Last period of a range (included).
     #[serde(default)]
     to: Option<String>,
     /// Releases per page (default 100, at most 1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
     /// The `next` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
     /// `json` (default) or `csv`.
     #[serde(default)]
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
     /// Labels in the CSV: `nb` (default) or `en`.
     #[serde(default)]
+    #[param(pattern = "^(nb|en)$")]
     lang: Option<String>,
 }
 
@@ -746,10 +1097,60 @@ async fn pace_export(bytes: usize) {
     tokio::time::sleep_until(at).await;
 }
 
+/// One page of `GET /api/v1/releases` in JSON. The service writes it as a stream
+/// ([`Service::write_json_page`]); this type is its shape for the OpenAPI document, and
+/// tests/it/openapi.rs checks live pages against it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReleasesPage {
+    /// The releases, in the canonical JSON that the signature covers.
+    pub releases: Vec<crate::domain::Release>,
+    /// The cursor of the next page, or null on the last.
+    pub next: Option<String>,
+    /// The Ed25519 signature of the `releases` value.
+    pub signature: ExportSignature,
+}
+
+/// The signature at the end of a JSON export.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExportSignature {
+    /// `Ed25519`.
+    pub algorithm: String,
+    /// The public key (base64url, no padding), as `GET /api/v1/signing-key` gives it.
+    pub public_key: String,
+    /// What is signed: the canonical JSON of the `releases` value.
+    pub signed: String,
+    /// The signature (base64url, no padding).
+    pub value: String,
+}
+
 /// `GET /api/v1/releases`: one page of the signed releases in the caller's scope, as JSON
 /// (streamed as it is decoded, signature at the end) or CSV (signature in a header, and from
 /// `GET /api/v1/releases.sig`). The next page's cursor is `next` in the JSON, and the
 /// `x-tellestrek-next` and `Link` headers of both forms.
+#[utoipa::path(
+    get,
+    path = "/api/v1/releases",
+    tag = "releases",
+    operation_id = "get_releases",
+    params(ReleaseQuery),
+    responses(
+        (status = 200, description = "One page of releases: JSON with its signature at the end, or CSV (`format=csv`) with its signature in `x-tellestrek-signature`",
+            content(
+                (ReleasesPage = "application/json"),
+                (String = "text/csv"),
+            ),
+            headers(
+                ("x-tellestrek-next" = String, description = "Cursor of the next page, if there is one"),
+                ("Link" = String, description = "`<URL>; rel=\"next\"` of the next page, if there is one"),
+                ("x-tellestrek-signature" = String, description = "CSV only: the detached Ed25519 signature (base64url)"),
+                ("x-tellestrek-public-key" = String, description = "CSV only: the public key"),
+            )),
+        (status = 400, description = "`invalid_query`: a parameter is not UTF-8", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`, `wrong_org`", body = ErrorBody),
+        (status = 422, description = "`invalid_query` (unknown parameter or wrong type), `invalid_format`, `invalid_lang`, `invalid_period`, `invalid_limit`, `invalid_cursor`, `conflicting_filters`, `unknown_org`, `unknown_marginal`, `csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_releases(
     State(svc): State<Service>,
     who: Principal,
@@ -829,6 +1230,21 @@ pub async fn get_releases(
 /// `GET /api/v1/releases.sig`: the detached Ed25519 signature (base64url, one line) of the
 /// CSV that `GET /api/v1/releases?format=csv` serves for the same query, to save beside it
 /// and check with `tellestrek verify FILE.csv --signature FILE.csv.sig --public-key KEY`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/releases.sig",
+    tag = "releases",
+    operation_id = "get_releases_sig",
+    params(ReleaseQuery),
+    responses(
+        (status = 200, description = "The detached signature of the CSV for the same query, one line", content((String = "text/plain")),
+            headers(("x-tellestrek-public-key" = String, description = "The public key"))),
+        (status = 400, description = "`invalid_query`: a parameter is not UTF-8", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`, `wrong_org`", body = ErrorBody),
+        (status = 422, description = "`invalid_query` (unknown parameter or wrong type), `invalid_format`, `invalid_lang`, `invalid_period`, `invalid_limit`, `invalid_cursor`, `conflicting_filters`, `unknown_org`, `unknown_marginal`, `csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_releases_sig(
     State(svc): State<Service>,
     who: Principal,
@@ -866,25 +1282,61 @@ pub async fn get_releases_sig(
 }
 
 /// `GET /api/v1/budget`: the privacy ledger in the caller's scope.
+#[utoipa::path(
+    get,
+    path = "/api/v1/budget",
+    tag = "releases",
+    operation_id = "get_budget",
+    responses(
+        (status = 200, description = "The privacy ledger and what each organisation has spent and has left", body = crate::service::Budget),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`", body = ErrorBody),
+        (status = 422, description = "`csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_budget(
     State(svc): State<Service>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let budget = svc.budget(&who)?;
+) -> Result<Json<crate::service::Budget>, ApiError> {
+    let budget = svc.budget_typed(&who)?;
     tracing::info!(token = %who.token_id, role = who.role.as_str(), "ledger read");
     Ok(Json(budget))
 }
 
+/// Answer of `GET /api/v1/signing-key`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SigningKey {
+    /// `Ed25519`.
+    #[schema(value_type = String)]
+    pub algorithm: &'static str,
+    /// The public key.
+    pub public_key: String,
+    /// How `public_key` is written: `base64url, no padding`.
+    #[schema(value_type = String)]
+    pub encoding: &'static str,
+}
+
 /// `GET /api/v1/signing-key`: the public key exports are signed with (no token needed).
-pub async fn get_signing_key(State(svc): State<Service>) -> Json<serde_json::Value> {
-    Json(
-        json!({"algorithm": "Ed25519", "public_key": svc.public_key(), "encoding": "base64url, no padding"}),
-    )
+#[utoipa::path(
+    get,
+    path = "/api/v1/signing-key",
+    tag = "releases",
+    operation_id = "get_signing_key",
+    security(()),
+    responses((status = 200, description = "The public half of the release-signing key", body = SigningKey)),
+)]
+pub async fn get_signing_key(State(svc): State<Service>) -> Json<SigningKey> {
+    Json(SigningKey {
+        algorithm: "Ed25519",
+        public_key: svc.public_key(),
+        encoding: "base64url, no padding",
+    })
 }
 
 /// Query of `GET /api/v1/dashboard`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DashboardQuery {
     /// Organisation id (a leader's or coordinator's own if left out).
     #[serde(default)]
@@ -896,6 +1348,20 @@ pub struct DashboardQuery {
 
 /// `GET /api/v1/dashboard`: uptake, trend, breakdowns, outreach, hours and alerts of one
 /// organisation and year, from its releases (the numbers the dashboard page shows).
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard",
+    tag = "releases",
+    operation_id = "get_dashboard",
+    params(DashboardQuery),
+    responses(
+        (status = 200, description = "The dashboard's numbers, from releases only", body = crate::service::Dashboard),
+        (status = 400, description = "`invalid_query`: a parameter is not UTF-8", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`, `wrong_org`", body = ErrorBody),
+        (status = 422, description = "`invalid_query` (unknown parameter), `invalid_year`, `unknown_org`, `missing_org` (an admin or researcher must name `org`), `csrf_token_invalid`", body = ErrorBody),
+    ),
+)]
 pub async fn get_dashboard(
     State(svc): State<Service>,
     who: Principal,

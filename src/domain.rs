@@ -263,6 +263,22 @@ impl Serialize for Period {
     }
 }
 
+/// In the OpenAPI document (src/openapi.rs) a period is the string it serialises to.
+impl utoipa::PartialSchema for Period {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some(r"^[0-9]{4}(-W[0-9]{2}|-[0-9]{2}|-Q[1-4])?$"))
+            .description(Some(
+                "A period: a year `2026`, quarter `2026-Q4`, month `2026-11` or ISO week `2026-W47`",
+            ))
+            .examples(["2026-11"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Period {}
+
 impl<'de> Deserialize<'de> for Period {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -271,7 +287,7 @@ impl<'de> Deserialize<'de> for Period {
 }
 
 /// The roles of docs/design.md, "Users and roles", from least to most trusted in what they may manage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Logs contact ticks for one organisation.
@@ -321,7 +337,7 @@ impl FromStr for Role {
 }
 
 /// Where a period is in its life (docs/design.md, "Lifecycle of a period").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PeriodState {
     /// Ticks are accepted (the current period, and the previous one during the grace days).
@@ -426,7 +442,7 @@ mod tests {
 }
 
 /// What the service keeps about a token: never the token itself, never a name or note.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRecord {
     /// Public random id, for listing and revoking.
     pub id: String,
@@ -439,7 +455,7 @@ pub struct TokenRecord {
 }
 
 /// One released cell: the noisy value as drawn, and the post-processed estimate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReleaseCell {
     /// The cell's coordinates: breakdown name to value id (empty for a total).
     pub key: BTreeMap<String, String>,
@@ -449,18 +465,20 @@ pub struct ReleaseCell {
     pub estimate: u64,
     /// 95% interval for the true count around the estimate: it always contains `estimate`,
     /// never goes below 0, and covers the true count 95% of the time (see `release`, step 3).
+    #[schema(min_items = 2, max_items = 2)]
     pub ci: [i64; 2],
     /// 95% interval for the true count around `noisy` (`noisy ± h`, h from OpenDP's accuracy
     /// helper; at least 95%). For researchers who work with the unbiased values; `[0, 0]` in
     /// releases drawn before it was recorded.
     #[serde(default)]
+    #[schema(min_items = 2, max_items = 2)]
     pub noisy_ci: [i64; 2],
     /// Whether `estimate` is below the policy's display threshold (decided on noisy values).
     pub suppressed: bool,
 }
 
 /// One immutable release: a marginal of one organisation for one period, drawn once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Release {
     /// `PERIOD/ORG/MARGINAL`.
     pub id: String,
@@ -503,7 +521,7 @@ pub struct Release {
 }
 
 /// One line of the privacy ledger, written in the same transaction as its release.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     /// The release it paid for.
     pub release: String,

@@ -22,10 +22,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -101,6 +102,80 @@ pub fn cache_control(value: &'static str) -> SetResponseHeaderLayer<HeaderValue>
     SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static(value))
 }
 
+/// `Cache-Control` of the OpenAPI document: it changes only with the binary, so caches may
+/// keep it for an hour.
+const OPENAPI_CACHE: &str = "public, max-age=3600";
+
+/// One JSON route: the method and path that the OpenAPI document must give it, and what
+/// serves it. The router is built from [`api_routes`] only, so tests/it/openapi.rs can check
+/// the document against every route the router serves.
+pub struct ApiRoute {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, in axum's syntax, which is OpenAPI's (`/api/v1/tokens/{id}`).
+    pub path: &'static str,
+    service: MethodRouter<Service>,
+}
+
+/// `handler` for `method` on `path`.
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> ApiRoute
+where
+    H: Handler<T, Service>,
+    T: 'static,
+{
+    // Only standard methods are in the table, and MethodFilter has each of them.
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    ApiRoute {
+        method,
+        path,
+        service: on(filter, handler),
+    }
+}
+
+impl ApiRoute {
+    /// The route with `Cache-Control: value` on its answers.
+    fn cached(mut self, value: &'static str) -> ApiRoute {
+        self.service = self.service.layer(cache_control(value));
+        self
+    }
+}
+
+/// Every JSON route: `/healthz`, `/readyz` and everything under `/api/`. Each has a
+/// `#[utoipa::path]` annotation listed in [`crate::openapi::ApiDoc`]; add a route here, never
+/// with `.route` elsewhere, or tests/it/openapi.rs fails.
+pub fn api_routes() -> Vec<ApiRoute> {
+    use crate::web::api as web_api;
+    vec![
+        route(Method::GET, "/healthz", api::healthz).cached(PROBE_CACHE),
+        route(Method::GET, "/readyz", api::readyz).cached(PROBE_CACHE),
+        route(Method::GET, "/api/v1/openapi.json", api::get_openapi).cached(OPENAPI_CACHE),
+        route(Method::GET, "/api/v1/policy", api::get_policy),
+        route(Method::POST, "/api/v1/ticks", api::post_tick),
+        route(Method::POST, "/api/v1/tokens", api::post_token),
+        route(Method::GET, "/api/v1/tokens", api::get_tokens),
+        route(Method::DELETE, "/api/v1/tokens/{id}", api::delete_token),
+        route(Method::GET, "/api/v1/periods", api::get_periods),
+        route(
+            Method::POST,
+            "/api/v1/periods/{period}/release",
+            api::post_release,
+        ),
+        route(Method::GET, "/api/v1/releases", api::get_releases),
+        route(Method::GET, "/api/v1/releases.sig", api::get_releases_sig),
+        route(Method::GET, "/api/v1/budget", api::get_budget),
+        route(Method::GET, "/api/v1/dashboard", api::get_dashboard),
+        route(Method::GET, "/api/v1/signing-key", api::get_signing_key).cached(SIGNING_KEY_CACHE),
+        route(Method::POST, "/api/v1/invites", web_api::post_invite),
+        route(Method::GET, "/api/v1/invites", web_api::get_invites),
+        route(
+            Method::DELETE,
+            "/api/v1/invites/{id}",
+            web_api::delete_invite,
+        ),
+        route(Method::GET, "/api/v1/follow-ups", web_api::get_follow_ups),
+    ]
+}
+
 /// The whole application's router, with its body limits and timeouts and the security
 /// headers on every answer (errors and 404s included); without metrics.
 pub fn app(svc: Service) -> Router {
@@ -114,31 +189,13 @@ pub fn app_with(
     metrics: Option<&Metrics>,
     metrics_token: Option<MetricsToken>,
 ) -> Router {
-    let mut routes = Router::new()
-        .route(
-            "/healthz",
-            get(api::healthz).layer(cache_control(PROBE_CACHE)),
-        )
-        .route(
-            "/readyz",
-            get(api::readyz).layer(cache_control(PROBE_CACHE)),
-        )
-        .route("/api/v1/policy", get(api::get_policy))
-        .route("/api/v1/ticks", post(api::post_tick))
-        .route("/api/v1/tokens", post(api::post_token).get(api::get_tokens))
-        .route("/api/v1/tokens/{id}", delete(api::delete_token))
-        .route("/api/v1/periods", get(api::get_periods))
-        .route("/api/v1/periods/{period}/release", post(api::post_release))
-        .route("/api/v1/releases", get(api::get_releases))
-        .route("/api/v1/releases.sig", get(api::get_releases_sig))
-        .route("/api/v1/budget", get(api::get_budget))
-        .route("/api/v1/dashboard", get(api::get_dashboard))
-        .route(
-            "/api/v1/signing-key",
-            get(api::get_signing_key).layer(cache_control(SIGNING_KEY_CACHE)),
-        )
-        // The pages, assets and the invite API (src/web).
-        .merge(crate::web::router());
+    let mut routes = Router::new();
+    for route in api_routes() {
+        // Two methods on one path merge into one route.
+        routes = routes.route(route.path, route.service);
+    }
+    // The pages and assets (src/web).
+    routes = routes.merge(crate::web::router());
     if let (Some(m), Some(token)) = (metrics, metrics_token) {
         let m = m.clone();
         routes = routes.route(

@@ -138,7 +138,7 @@ impl Mechanism {
 }
 
 /// A name in Norwegian bokmål (shown first) and English.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Label {
     /// Norwegian bokmål.
@@ -198,7 +198,7 @@ impl Dimension {
 }
 
 /// One unit (department, ward, service) of an organisation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Unit {
     /// Stable id.
     pub id: String,

@@ -35,8 +35,9 @@ use periods::LEGACY_EPOCH_KEY;
 pub use periods::PeriodInfo;
 pub use public::PublicTotal;
 pub use reads::{
-    DEFAULT_PAGE_RELEASES, MAX_PAGE_RELEASES, PageRequest, ReleaseFilter, ReleasePage, VerifyError,
-    canonical_json, verify_detached, verify_export,
+    Budget, DEFAULT_PAGE_RELEASES, MAX_PAGE_RELEASES, OrgBudget, PageRequest, PeriodBudget,
+    ReleaseFilter, ReleasePage, RollingYear, VerifyError, canonical_json, verify_detached,
+    verify_export,
 };
 pub use sessions::{FollowUp, InviteInfo, NewInvite, NewInviteRequest, NewSession, Session};
 pub use ticks::{TickAccepted, TickRequest};

@@ -3,7 +3,7 @@
 use super::*;
 
 /// One period and where it is in its life.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PeriodInfo {
     /// The period.
     pub period: Period,

@@ -165,6 +165,61 @@ fn parse_period(field: &'static str, text: &str) -> Result<Period, ServiceError>
     })
 }
 
+/// The privacy ledger in a caller's scope (`GET /api/v1/budget`), in the policy's measure.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Budget {
+    /// `epsilon` or `rho`.
+    #[schema(value_type = String)]
+    pub measure: &'static str,
+    /// `contact` or `supporter`.
+    #[schema(value_type = String)]
+    pub privacy_unit: &'static str,
+    /// The budget of one privacy unit.
+    pub budget: f64,
+    /// What the budget bounds, in words.
+    #[schema(value_type = String)]
+    pub budget_applies_to: &'static str,
+    /// Per organisation: spent and left.
+    pub orgs: Vec<OrgBudget>,
+    /// The ledger's lines.
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// What one organisation has spent and has left.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrgBudget {
+    /// Organisation id.
+    pub org: String,
+    /// Per base period covered by a release.
+    pub periods: Vec<PeriodBudget>,
+    /// The rolling-year cap and the most spent in any 365 days.
+    pub rolling_year: RollingYear,
+}
+
+/// What the releases covering one base period spent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PeriodBudget {
+    /// The base period.
+    pub period: Period,
+    /// Its budget (the stricter of its own policy's and the file's).
+    pub budget: f64,
+    /// Spent by the releases covering it.
+    pub spent: f64,
+    /// `budget − spent`, at least 0.
+    pub remaining: f64,
+}
+
+/// The rolling-year cap of one organisation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RollingYear {
+    /// The policy's cap.
+    pub cap: f64,
+    /// The most its releases overlapping any 365 days spend together.
+    pub most_spent: f64,
+    /// `cap − most_spent`, at least 0.
+    pub remaining: f64,
+}
+
 impl Service {
     /// The organisation a reader is limited to, checked against a requested one.
     pub(crate) fn read_scope(
@@ -478,7 +533,7 @@ impl Service {
     /// the rolling year binds first); per organisation, `rolling_year`: the most its releases
     /// overlapping any 365 days spend together, against the rolling-year cap. JSON keeps
     /// OpenDP's exact values.
-    pub fn budget(&self, who: &Principal) -> Result<serde_json::Value, ServiceError> {
+    pub fn budget_typed(&self, who: &Principal) -> Result<Budget, ServiceError> {
         let org = self.read_scope(who, None)?;
         let p = &*self.policy;
         let entries: Vec<LedgerEntry> = self
@@ -505,7 +560,7 @@ impl Service {
             .into_iter()
             .filter(|id| org.as_deref().is_none_or(|x| x == *id))
         {
-            let periods: Vec<serde_json::Value> = per_base
+            let periods: Vec<PeriodBudget> = per_base
                 .iter()
                 .filter(|((oid, _), _)| *oid == id)
                 .map(|((_, b), spent)| {
@@ -515,36 +570,44 @@ impl Service {
                         .policy_at(*b)
                         .map_or(p.privacy.budget, |r| r.privacy.budget)
                         .min(p.privacy.budget);
-                    serde_json::json!({
-                        "period": b,
-                        "budget": budget,
-                        "spent": spent,
-                        "remaining": (budget - spent).max(0.0),
-                    })
+                    PeriodBudget {
+                        period: *b,
+                        budget,
+                        spent: *spent,
+                        remaining: (budget - spent).max(0.0),
+                    }
                 })
                 .collect();
             let most = most_spent_in_a_year(entries.iter().filter(|e| e.org == id));
-            orgs.push(serde_json::json!({
-                "org": id,
-                "periods": periods,
-                "rolling_year": {
-                    "cap": p.privacy.rolling_year_cap,
-                    "most_spent": most,
-                    "remaining": (p.privacy.rolling_year_cap - most).max(0.0),
+            orgs.push(OrgBudget {
+                org: id.to_string(),
+                periods,
+                rolling_year: RollingYear {
+                    cap: p.privacy.rolling_year_cap,
+                    most_spent: most,
+                    remaining: (p.privacy.rolling_year_cap - most).max(0.0),
                 },
-            }));
+            });
         }
-        Ok(serde_json::json!({
-            "measure": p.privacy.mechanism.measure(),
-            "privacy_unit": p.privacy.unit.as_str(),
-            "budget": p.privacy.budget,
-            "budget_applies_to": match p.privacy.unit {
+        Ok(Budget {
+            measure: p.privacy.mechanism.measure(),
+            privacy_unit: p.privacy.unit.as_str(),
+            budget: p.privacy.budget,
+            budget_applies_to: match p.privacy.unit {
                 PrivacyUnit::Contact => "each contact, summed over every release that includes it",
-                PrivacyUnit::Supporter => "each supporter, summed over the releases of a rolling year",
+                PrivacyUnit::Supporter => {
+                    "each supporter, summed over the releases of a rolling year"
+                }
             },
-            "orgs": orgs,
-            "entries": entries,
-        }))
+            orgs,
+            entries,
+        })
+    }
+
+    /// [`Service::budget_typed`] as JSON, for the pages and the demo.
+    pub fn budget(&self, who: &Principal) -> Result<serde_json::Value, ServiceError> {
+        let budget = self.budget_typed(who)?;
+        serde_json::to_value(budget).map_err(|e| StoreError::Corrupt(e.to_string()).into())
     }
 
     /// The public half of the release-signing key (base64url Ed25519).

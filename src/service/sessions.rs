@@ -35,7 +35,7 @@ pub struct SessionRecord {
 }
 
 /// Body of `POST /api/v1/invites`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInviteRequest {
     /// Role of the account; default `supporter`.
@@ -61,7 +61,7 @@ pub struct NewInviteRequest {
 pub const MAX_NAME_CHARS: usize = 80;
 
 /// A new invite: the only time its link is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NewInvite {
     /// Public id, for revoking.
     pub id: String,
@@ -79,7 +79,7 @@ pub struct NewInvite {
 }
 
 /// An open invite as listed (never its secret or expiry day).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InviteInfo {
     /// Public id.
     pub id: String,
@@ -111,7 +111,7 @@ pub struct Session {
 }
 
 /// An open follow-up request, for the supporter's coordinator.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FollowUp {
     /// The supporter's account.
     pub account: String,

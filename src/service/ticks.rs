@@ -3,7 +3,7 @@
 use super::*;
 
 /// Body of `POST /api/v1/ticks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TickRequest {
     /// Organisation id.
@@ -12,6 +12,7 @@ pub struct TickRequest {
     pub unit: String,
     /// One value id per dimension.
     #[serde(deserialize_with = "unique_tags")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub tags: TagSet,
     /// Contacts logged at once; default 1.
     #[serde(default)]
@@ -47,7 +48,7 @@ fn unique_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TagSet, D::Erro
 }
 
 /// Response to an accepted tick.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TickAccepted {
     /// Whether this answers a request counted before under the same idempotency key (sent as
     /// the `Idempotent-Replayed` header, not in the body, so the body is the first answer's).

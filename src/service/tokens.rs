@@ -3,7 +3,7 @@
 use super::*;
 
 /// Body of `POST /api/v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     /// Role of the new token.
@@ -14,7 +14,7 @@ pub struct NewTokenRequest {
 }
 
 /// A newly created token: the only time its clear text is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// Public id.
     pub id: String,

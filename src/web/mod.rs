@@ -20,7 +20,7 @@
 //! CSRF token in a hidden field (the session's, or before sign-in a double-submit cookie's).
 
 mod admin;
-mod api;
+pub mod api;
 mod assets;
 mod charts;
 mod dashboard;
@@ -37,7 +37,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Extension, Form};
 use cookie::{Cookie, SameSite};
 use serde::Deserialize;
@@ -84,12 +84,12 @@ impl WebOptions {
     }
 }
 
-/// The pages' and the invite API's routes, with options from the environment.
+/// The pages' routes, with options from the environment.
 pub fn router() -> Router<Service> {
     router_with(WebOptions::from_env())
 }
 
-/// The pages' and the invite API's routes.
+/// The pages' routes.
 pub fn router_with(opts: WebOptions) -> Router<Service> {
     Router::new()
         .route("/", get(home))
@@ -104,12 +104,7 @@ pub fn router_with(opts: WebOptions) -> Router<Service> {
         .route("/follow-up", post(follow_up))
         .route("/assets/{*path}", get(asset))
         .merge(pages())
-        .route(
-            "/api/v1/invites",
-            post(api::post_invite).get(api::get_invites),
-        )
-        .route("/api/v1/invites/{id}", delete(api::delete_invite))
-        .route("/api/v1/follow-ups", get(api::get_follow_ups))
+        // The invite API's routes are in crate::server::api_routes, with every JSON route.
         .merge(dashboard::routes())
         .layer(Extension(opts))
 }

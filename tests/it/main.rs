@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod metrics;
 mod numbers;
+mod openapi;
 mod pages;
 mod policy_edits;
 mod reads;

@@ -5,7 +5,7 @@
 use super::*;
 
 /// How sure an alert is (docs/domain.md, "Thresholds a dashboard shows").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Certainty {
     /// The whole 95 % interval is beyond the threshold.
@@ -107,7 +107,7 @@ pub fn supporter_load(loaded: &Num) -> Option<Certainty> {
 
 /// One alert rule's false-alarm rate and power, measured by simulation with real OpenDP noise
 /// (`tests/it/dashboard.rs` reruns the simulation and checks these figures).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RuleMethod {
     /// The rule (`low_uptake`, `no_uptake`, `spike`, `supporter_load`).
     pub rule: &'static str,
@@ -171,7 +171,7 @@ pub const METHODS: [RuleMethod; 4] = [
 ];
 
 /// An alert for a leader or coordinator.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Alert {
     /// `low_uptake`, `no_uptake`, `spike` or `supporter_load`.
     pub rule: &'static str,

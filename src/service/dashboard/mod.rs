@@ -44,7 +44,7 @@ pub const BREAKDOWNS: [&str; 4] = ["yrkesgruppe", "utlosende_arsak", "initiering
 pub const BASELINE_QUARTERS: usize = 4;
 
 /// A unit's uptake in one quarter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuarterUptake {
     /// The quarter.
     pub period: Period,
@@ -55,7 +55,7 @@ pub struct QuarterUptake {
 }
 
 /// One unit's uptake by quarter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UnitUptake {
     /// Unit id.
     pub unit: String,
@@ -68,7 +68,7 @@ pub struct UnitUptake {
 }
 
 /// People helped: first conversations over a year, from the `oppfolging` table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FirstConversations {
     /// The table it comes from.
     pub table: String,
@@ -82,7 +82,7 @@ pub struct FirstConversations {
 
 /// Uptake: by unit and quarter (all conversations) and, where the plan releases it, people
 /// helped (first conversations) for the whole organisation by year.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Uptake {
     /// What the by-unit figures count, in words.
     pub basis: Words,
@@ -93,7 +93,7 @@ pub struct Uptake {
 }
 
 /// One month of the trend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrendPoint {
     /// The month.
     pub period: Period,
@@ -102,7 +102,7 @@ pub struct TrendPoint {
 }
 
 /// One cell of a breakdown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BreakdownCell {
     /// Value id.
     pub value: String,
@@ -113,7 +113,7 @@ pub struct BreakdownCell {
 }
 
 /// A yearly breakdown by one dimension.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Breakdown {
     /// The dimension id.
     pub dimension: String,
@@ -128,7 +128,7 @@ pub struct Breakdown {
 }
 
 /// Outreach share after serious events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutreachShare {
     /// The table it comes from.
     pub table: String,
@@ -141,7 +141,7 @@ pub struct OutreachShare {
 }
 
 /// Estimated supporter hours.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SupporterHours {
     /// The table it comes from.
     pub table: String,
@@ -158,7 +158,7 @@ pub struct SupporterHours {
 }
 
 /// A quarter's supporter load (coordinators, researchers and admins only).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoadPoint {
     /// The quarter.
     pub period: Period,
@@ -169,7 +169,7 @@ pub struct LoadPoint {
 }
 
 /// What the dashboard shows for one organisation and year.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Dashboard {
     /// Organisation id.
     pub org: String,

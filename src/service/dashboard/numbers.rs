@@ -8,7 +8,7 @@ use super::*;
 pub(super) const Z95: f64 = 1.959_963_984_540_054;
 
 /// Text in Norwegian bokmål and English.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Words {
     /// Norwegian bokmål (shown by default).
     pub nb: String,
@@ -18,7 +18,7 @@ pub struct Words {
 
 /// One number as a leader may read it: the estimate with its 95 % interval, and whether it is
 /// too small to show (then `words` says "under N" instead of the estimate).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Num {
     /// The post-processed estimate (never a raw count).
     pub estimate: f64,
