@@ -111,6 +111,7 @@ pub fn app(svc: Service) -> Router {
         .route("/api/v1/tokens/{id}", delete(api::delete_token))
         .route("/api/v1/periods", get(api::get_periods))
         .route("/api/v1/periods/{period}/release", post(api::post_release))
+        .route("/api/v1/admin/backup", post(api::post_backup))
         .route("/api/v1/releases", get(api::get_releases))
         .route("/api/v1/releases.sig", get(api::get_releases_sig))
         .route("/api/v1/budget", get(api::get_budget))
