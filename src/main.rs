@@ -140,14 +140,11 @@ enum Command {
         /// not yet purged too. Off by default: such a copy outlives the purge.
         #[arg(long)]
         include_raw: bool,
-        /// The running server's address, used when the data directory is in use.
-        #[arg(
-            long,
-            value_name = "URL",
-            default_value = "http://127.0.0.1:8080",
-            env = "TELLESTREK_URL"
-        )]
-        url: String,
+        /// Ask the running server at this address to take the copy, without opening the data
+        /// directory here (for a scheduled job that runs as another user). Without it, a data
+        /// directory in use is backed up through http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL", env = "TELLESTREK_URL")]
+        url: Option<String>,
         /// A file holding an admin token, for a running server; default DIR.admin-token.
         #[arg(long, value_name = "FILE", env = "TELLESTREK_ADMIN_TOKEN_FILE")]
         admin_token_file: Option<PathBuf>,
@@ -397,7 +394,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key_file,
         } => {
             let token_file = admin_token_file.unwrap_or_else(|| default_token_file(&data));
-            backup(&data, &to, include_raw, &url, &token_file, key_file)
+            backup(
+                &data,
+                &to,
+                include_raw,
+                url.as_deref(),
+                &token_file,
+                key_file,
+            )
         }
         Command::Restore { from, data, force } => restore(&from, &data, force),
         Command::Policy {
@@ -423,20 +427,27 @@ fn backup(
     data: &std::path::Path,
     to: &std::path::Path,
     include_raw: bool,
-    url: &str,
+    url: Option<&str>,
     token_file: &std::path::Path,
     key_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use tellestrek::backup;
     use tellestrek::store::{self, Store};
     let to = std::path::absolute(to).with_context(|| format!("the path {}", to.display()))?;
-    anyhow::ensure!(
-        data.join("db").is_dir(),
-        "{} is not a data directory (it has no db/)",
-        data.display()
-    );
-    let manifest = match Store::open(data) {
-        Ok(store) => {
+    let opened = match url {
+        // Asked for the running server: the data directory is not touched here.
+        Some(_) => None,
+        None => {
+            anyhow::ensure!(
+                data.join("db").is_dir(),
+                "{} is not a data directory (it has no db/); for a running server elsewhere, pass --url",
+                data.display()
+            );
+            Some(Store::open(data))
+        }
+    };
+    let manifest = match opened {
+        Some(Ok(store)) => {
             let opts = backup::Options {
                 include_raw,
                 key_file,
@@ -451,50 +462,11 @@ fn backup(
             );
             m
         }
-        Err(e) if store::is_locked(&e) => {
-            let token = std::fs::read_to_string(token_file).with_context(|| {
-                format!(
-                    "the data directory is in use by a running server, which takes the copy itself: it needs an admin token, read from {} (--admin-token-file FILE)",
-                    token_file.display()
-                )
-            })?;
-            let endpoint = format!("{}/api/v1/admin/backup", url.trim_end_matches('/'));
-            let body =
-                serde_json::json!({"to": to.display().to_string(), "include_raw": include_raw});
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            let (status, answer): (_, serde_json::Value) = rt.block_on(async {
-                let resp = reqwest::Client::new()
-                    .post(&endpoint)
-                    .bearer_auth(token.trim())
-                    .json(&body)
-                    .send()
-                    .await
-                    .with_context(|| {
-                        format!("asking the running server at {url} (--url) for a backup")
-                    })?;
-                let status = resp.status();
-                let answer = resp.json().await.unwrap_or(serde_json::Value::Null);
-                anyhow::Ok((status, answer))
-            })?;
-            if status != reqwest::StatusCode::CREATED {
-                anyhow::bail!(
-                    "the running server at {url} refused the backup ({status}): {}",
-                    answer["error"]["message"].as_str().unwrap_or("no message")
-                );
-            }
-            println!(
-                "The running server at {url} wrote a backup of {} to {} (on its machine).",
-                data.display(),
-                to.display()
-            );
-            backup::read_manifest(&to).with_context(|| {
-                format!("reading the manifest the server wrote to {}", to.display())
-            })?
+        None => ask_server(url.unwrap_or(DEFAULT_URL), &to, include_raw, token_file)?,
+        Some(Err(e)) if store::is_locked(&e) => {
+            ask_server(DEFAULT_URL, &to, include_raw, token_file)?
         }
-        Err(e) => {
+        Some(Err(e)) => {
             return Err(e).with_context(|| format!("opening {}", data.display()));
         }
     };
@@ -525,6 +497,55 @@ fn backup(
         );
     }
     Ok(())
+}
+
+/// Where `tellestrek backup` finds a running server when not told (`serve`'s default).
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// Asks the running server at `url` to write a backup to `to` on its machine
+/// (POST /api/v1/admin/backup), and reads the manifest it wrote.
+fn ask_server(
+    url: &str,
+    to: &std::path::Path,
+    include_raw: bool,
+    token_file: &std::path::Path,
+) -> anyhow::Result<tellestrek::backup::Manifest> {
+    let token = std::fs::read_to_string(token_file).with_context(|| {
+        format!(
+            "a running server takes the copy itself and needs an admin token, read from {} (--admin-token-file FILE)",
+            token_file.display()
+        )
+    })?;
+    let endpoint = format!("{}/api/v1/admin/backup", url.trim_end_matches('/'));
+    let body = serde_json::json!({"to": to.display().to_string(), "include_raw": include_raw});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (status, answer): (_, serde_json::Value) = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&endpoint)
+            .bearer_auth(token.trim())
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("asking the running server at {url} (--url) for a backup"))?;
+        let status = resp.status();
+        let answer = resp.json().await.unwrap_or(serde_json::Value::Null);
+        anyhow::Ok((status, answer))
+    })?;
+    if status != reqwest::StatusCode::CREATED {
+        anyhow::bail!(
+            "the running server at {url} refused the backup ({status}): {}",
+            answer["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    println!(
+        "The running server at {url} wrote a backup to {} (on its machine).",
+        to.display()
+    );
+    tellestrek::backup::read_manifest(to)
+        .with_context(|| format!("reading the manifest the server wrote to {}", to.display()))
 }
 
 /// `tellestrek restore`.

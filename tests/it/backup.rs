@@ -155,7 +155,24 @@ async fn a_backup_of_a_running_server_restores_every_release_signature_and_ledge
         .unwrap();
     assert_eq!(r.status(), 422, "a non-empty directory is refused");
 
-    // `tellestrek backup` on the data directory of the running server: the server takes it.
+    // Without --url, a data directory in use is recognised (sled's lock) and left to the
+    // server, which needs an admin token (none at the default path here).
+    let out = tellestrek(&[
+        &"backup",
+        &"--data",
+        &data,
+        &"--to",
+        &dir.path().join("nope"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("a running server takes the copy itself"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("nope").exists());
+
+    // `tellestrek backup --url`: the running server takes the copy.
     let plain = dir.path().join("backup-plain");
     let with_raw = dir.path().join("backup-raw");
     let url = server.base.clone();
