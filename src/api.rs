@@ -953,7 +953,8 @@ pub async fn post_backup(
         Ok(m) => m,
         Err(
             e @ (crate::backup::BackupError::RelativeTarget(_)
-            | crate::backup::BackupError::TargetNotEmpty(_)),
+            | crate::backup::BackupError::TargetNotEmpty(_)
+            | crate::backup::BackupError::InsideData(_)),
         ) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -29,10 +29,10 @@
 //!
 //! Counter cells, supporter counters and pseudonym secrets are deleted on schedule (the
 //! policy's retention); a backup holding them would keep them beyond that. So a default backup
-//! holds none, and a restore of it marks every earlier period whose raw data was left out as
-//! purged: the releases still to be drawn from those periods are never drawn from missing data
-//! (they would publish a count near zero). The period the copy was taken in keeps collecting
-//! from zero. `--include-raw` copies the raw data, with a warning.
+//! holds none, and a restore of it marks every period whose raw data was left out and that has
+//! ended by the day of the restore as purged: the releases still to be drawn from those periods
+//! are never drawn from missing data (they would publish a count near zero). A period still
+//! running keeps collecting from zero. `--include-raw` copies the raw data, with a warning.
 //!
 //! Must not depend on axum (the endpoint lives in `api`) nor on sled (only through `store`).
 
@@ -78,6 +78,10 @@ pub enum BackupError {
         .0.display()
     )]
     TargetNotEmpty(PathBuf),
+    /// The backup target is inside the data directory (a copy there would be copied with it,
+    /// raw data and all, and confuse a restore).
+    #[error("the backup target {} is inside the data directory; give a directory outside it", .0.display())]
+    InsideData(PathBuf),
     /// The backup target given to a running server is not an absolute path.
     #[error("`to` must be an absolute path on the server's machine, not {0:?}")]
     RelativeTarget(String),
@@ -137,7 +141,7 @@ pub struct Manifest {
     /// Whether the raw data of periods not yet purged is in the backup (`--include-raw`).
     pub raw_included: bool,
     /// Periods that had raw data when the copy was taken: copied if `raw_included`, else left
-    /// out (a restore then marks those that had begun as purged).
+    /// out (a restore then marks those that have ended as purged).
     pub raw_periods: Vec<String>,
     /// SHA-256 of `regimes.json`: every policy the data was collected under, as stored.
     pub policy_fingerprint: Option<String>,
@@ -184,6 +188,14 @@ pub fn take(store: &Store, to: &Path, opts: &Options) -> Result<Manifest, Backup
         return Err(BackupError::TargetNotEmpty(to.to_path_buf()));
     }
     let parent = to.parent().unwrap_or(Path::new("/"));
+    // Compared as the file system resolves them (symlinks, `..`), where they exist.
+    if let (Ok(data), Ok(p)) = (
+        std::fs::canonicalize(store.data_dir()),
+        std::fs::canonicalize(parent),
+    ) && (p.starts_with(&data) || to.starts_with(store.data_dir()))
+    {
+        return Err(BackupError::InsideData(to.to_path_buf()));
+    }
     let snapshot = store.snapshot(opts.include_raw)?;
     // Meta values read after the snapshot change only at a start (the key) or once a period.
     let key_in_data = store.meta_bytes("server_key")?.is_some();
@@ -283,7 +295,16 @@ pub struct Restored {
 /// unless `force` (then it is replaced). Every file is checked against the manifest first; the
 /// new data directory is written beside `data` and renamed into place only when complete, so on
 /// any error `data` is as it was.
-pub fn restore(from: &Path, data: &Path, force: bool) -> Result<Restored, BackupError> {
+///
+/// `today` decides what happens to periods whose raw data the backup left out: one that has
+/// ended is marked purged (no release is drawn from it any more), one still running keeps
+/// collecting from zero.
+pub fn restore(
+    from: &Path,
+    data: &Path,
+    force: bool,
+    today: time::Date,
+) -> Result<Restored, BackupError> {
     let manifest = read_manifest(from)?;
     let trees = verified_trees(from, &manifest)?;
     // A data directory that is a symlink (to an encrypted volume) is restored where it points.
@@ -313,19 +334,16 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> Result<Restored, Backup
         // start would).
         let restored = Store::open(tmp.path())?;
         if !manifest.raw_included {
-            let begun = manifest
-                .taken_in_period
-                .as_deref()
-                .and_then(|p| p.parse::<Period>().ok());
             for p in manifest
                 .raw_periods
                 .iter()
                 .filter_map(|p| p.parse::<Period>().ok())
             {
-                // The period the copy was taken in (and any later one) keeps collecting, from
-                // zero: supporters are not turned away for the rest of the month, and its
-                // releases count what is logged after the restore (docs/backup.md says so).
-                if begun.is_some_and(|b| p.start() >= b.start()) {
+                // A period still running keeps collecting, from zero: supporters are not
+                // turned away for the rest of it, and its releases count what is logged after
+                // the restore (docs/backup.md says so). One that has ended (in its grace days
+                // too) would be released from missing data.
+                if p.end() > today {
                     continue;
                 }
                 if restored.period_state(p)? != Some(PeriodState::Purged) {

@@ -403,7 +403,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 key_file,
             )
         }
-        Command::Restore { from, data, force } => restore(&from, &data, force),
+        Command::Restore { from, data, force } => {
+            let today = clock::from_env().map_err(anyhow::Error::msg)?.today();
+            restore(&from, &data, force, today)
+        }
         Command::Policy {
             command: PolicyCommand::Init { file },
         } => policy_init(&file),
@@ -475,25 +478,12 @@ fn backup(
         eprintln!("warning: {}", backup::raw_warning(&manifest.raw_periods));
     } else {
         println!(
-            "Raw data left out (the default): a restore of this backup marks the earlier periods with raw data ({}) purged, so nothing more is released from them, and {} counts again from zero; see docs/backup.md.",
-            {
-                let taken = manifest.taken_in_period.as_deref().unwrap_or("");
-                let earlier: Vec<&str> = manifest
-                    .raw_periods
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|p| taken.is_empty() || *p < taken)
-                    .collect();
-                if earlier.is_empty() {
-                    "none".to_string()
-                } else {
-                    earlier.join(", ")
-                }
-            },
-            manifest
-                .taken_in_period
-                .as_deref()
-                .unwrap_or("the current period")
+            "Raw data left out (the default): a restore of this backup marks the periods of {} that have ended by then as purged, so nothing more is released from them; a period still running counts again from zero. See docs/backup.md.",
+            if manifest.raw_periods.is_empty() {
+                "none".to_string()
+            } else {
+                manifest.raw_periods.join(", ")
+            }
         );
     }
     Ok(())
@@ -549,8 +539,13 @@ fn ask_server(
 }
 
 /// `tellestrek restore`.
-fn restore(from: &std::path::Path, data: &std::path::Path, force: bool) -> anyhow::Result<()> {
-    let done = tellestrek::backup::restore(from, data, force)
+fn restore(
+    from: &std::path::Path,
+    data: &std::path::Path,
+    force: bool,
+    today: time::Date,
+) -> anyhow::Result<()> {
+    let done = tellestrek::backup::restore(from, data, force, today)
         .with_context(|| format!("restoring {} into {}", from.display(), data.display()))?;
     println!(
         "Restored {} ({}, format {}) into {}: every file matched the manifest.",

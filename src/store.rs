@@ -1368,12 +1368,16 @@ impl Store {
                 }
             }
         }
-        let dir = self.raw_dir.parent().unwrap_or(Path::new("."));
         Ok(Snapshot {
             trees,
-            regimes: read_regimes(dir)?,
+            regimes: read_regimes(self.data_dir())?,
             raw_periods,
         })
+    }
+
+    /// The data directory this store was opened on (as given to [`Store::open`]).
+    pub fn data_dir(&self) -> &Path {
+        self.raw_dir.parent().unwrap_or(Path::new("."))
     }
 }
 

@@ -29,6 +29,8 @@ fn tellestrek(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
         .env_remove("TELLESTREK_URL")
         .env_remove("TELLESTREK_ADMIN_TOKEN_FILE")
         .env_remove("TELLESTREK_KEY_FILE")
+        // The demo's and the servers' day: a restore decides by it which periods have ended.
+        .env("TELLESTREK_NOW", "2026-11-23T10:00:00Z")
         .env("TELLESTREK_LOG", "warn");
     cmd.output().unwrap()
 }
@@ -154,6 +156,14 @@ async fn a_backup_of_a_running_server_restores_every_release_signature_and_ledge
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "a non-empty directory is refused");
+    let inside = data.join("backup").display().to_string();
+    let r = post(&admin, json!({"to": inside})).await.unwrap();
+    assert_eq!(
+        r.status(),
+        422,
+        "a directory inside the data directory is refused"
+    );
+    assert!(!data.join("backup").exists());
 
     // Without --url, a data directory in use is recognised (sled's lock) and left to the
     // server, which needs an admin token (none at the default path here).
@@ -270,6 +280,32 @@ async fn a_backup_of_a_running_server_restores_every_release_signature_and_ledge
             .await
             .unwrap();
         assert_eq!(r.status(), 201, "the current period keeps collecting");
+        // Without raw data, an ended period is marked purged, so nothing more is drawn from it.
+        let periods: Value = c
+            .get(format!("{}/api/v1/periods", server.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let state = |p: &str| {
+            periods["periods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["period"] == p)
+                .map(|x| x["state"].as_str().unwrap().to_string())
+                .unwrap()
+        };
+        assert_eq!(state(CURRENT), "open");
+        assert_eq!(
+            state("2026-10") == "purged",
+            !raw,
+            "2026-10: {}",
+            state("2026-10")
+        );
         assert!(server.terminate().success());
         let restored_cells = cells(&restored, CURRENT);
         let total = |c: &[(tellestrek::domain::CellKey, u64)]| c.iter().map(|x| x.1).sum::<u64>();
