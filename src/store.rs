@@ -1525,6 +1525,90 @@ mod tests {
         assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
     }
 
+    /// A release and its ledger entry for `period`, with no cells (the store does not look).
+    fn release_pair(period: Period, marginal: &str) -> (Release, LedgerEntry) {
+        let id = format!("{period}/o/{marginal}");
+        let release = Release {
+            id: id.clone(),
+            period,
+            org: "o".into(),
+            marginal: marginal.into(),
+            kind: "contacts".into(),
+            dimensions: vec![],
+            covers: vec![period],
+            mechanism: "discrete_laplace".into(),
+            privacy_unit: "contact".into(),
+            epsilon: Some(0.1),
+            rho: None,
+            sensitivity: 1,
+            scale: 10.0,
+            sensitive_scale: None,
+            confidence: 0.95,
+            suppress_below: 3,
+            total_estimate: 0,
+            noise_variance: 0.0,
+            cells: vec![],
+        };
+        let entry = LedgerEntry {
+            release: id,
+            org: "o".into(),
+            marginal: marginal.into(),
+            period,
+            covers: vec![period],
+            measure: "epsilon".into(),
+            spend: 0.1,
+        };
+        (release, entry)
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_releases_are_committed_holds_each_with_its_ledger_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut period: Period = "2020-01".parse().unwrap();
+                for _ in 0..60 {
+                    let batch: Vec<_> = (0..5)
+                        .map(|m| release_pair(period, &format!("m{m}")))
+                        .collect();
+                    store.commit_releases(&batch).unwrap();
+                    period = period.next();
+                }
+            })
+        };
+        let keys = |snap: &Snapshot, tree: &str| -> Vec<Vec<u8>> {
+            snap.trees
+                .iter()
+                .find(|t| t.database == Database::Main && t.name == tree.as_bytes())
+                .map(|t| t.entries.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default()
+        };
+        while !writer.is_finished() {
+            let snap = store.snapshot(false).unwrap();
+            let (releases, ledger) = (keys(&snap, "releases"), keys(&snap, "ledger"));
+            assert_eq!(releases, ledger, "every release with its ledger entry");
+            assert_eq!(releases.len() % 5, 0, "whole batches only");
+            assert!(keys(&snap, "staged").is_empty());
+            assert_eq!(keys(&snap, "releases_by_org").len(), releases.len());
+        }
+        writer.join().unwrap();
+        let snap = store.snapshot(false).unwrap();
+        assert_eq!(keys(&snap, "releases").len(), 300);
+        // Written into a new directory, it opens with the same bytes.
+        let copy = tempfile::tempdir().unwrap();
+        let target = copy.path().join("data");
+        write_snapshot(&target, &snap.trees, snap.regimes.as_deref()).unwrap();
+        let restored = Store::open(&target).unwrap();
+        let id = "2020-03/o/m2";
+        assert_eq!(
+            restored.release_bytes(id).unwrap(),
+            store.release_bytes(id).unwrap()
+        );
+        assert_eq!(restored.ledger().unwrap(), store.ledger().unwrap());
+    }
+
     #[test]
     fn the_release_index_is_built_for_data_written_before_it_existed() {
         let dir = tempfile::tempdir().unwrap();
