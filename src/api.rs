@@ -1382,3 +1382,113 @@ pub async fn get_dashboard(
     tracing::info!(token = %who.token_id, role = who.role.as_str(), org = %d.org, year = d.year, "dashboard read");
     Ok(Json(d))
 }
+
+/// Body of `POST /api/v1/admin/backup`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// The directory to write the backup into, on the server's machine: an absolute path,
+    /// new or empty. The server writes it as its own user (0700, files 0600).
+    pub to: String,
+    /// Copy the raw data of unpurged periods too (default false; see `docs/backup.md`).
+    #[serde(default)]
+    pub include_raw: bool,
+}
+
+/// Answer of `POST /api/v1/admin/backup`: where and what, never a count.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BackupWritten {
+    /// The directory written, as given.
+    pub to: String,
+    /// Layout version of the backup.
+    pub format: u32,
+    /// Whether the raw data of unpurged periods is in it.
+    pub raw_included: bool,
+    /// Periods that had raw data when the copy was taken (copied only if `raw_included`).
+    pub raw_periods: Vec<String>,
+    /// Where the server key is: in the backup, or outside the data directory.
+    pub server_key: String,
+    /// How many files the backup holds (with `manifest.json`'s checksums).
+    pub files: usize,
+}
+
+/// `POST /api/v1/admin/backup` (admin): the running server writes a consistent copy of its
+/// data directory into `to` on its own machine (sled's lock keeps every other process out of
+/// the store). The answer says where and what, never a count; nothing of the copy is sent back.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/backup",
+    tag = "backup",
+    operation_id = "post_backup",
+    request_body = BackupRequest,
+    responses(
+        (status = 201, description = "The backup is written and its manifest checked", body = BackupWritten),
+        (status = 400, description = "`malformed_json`, `unreadable_body`: the body is not JSON", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: send `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
+        (status = 403, description = "`wrong_role`: only an admin may take a backup", body = ErrorBody),
+        (status = 422, description = "`invalid_backup_target` (relative, not empty, or inside the data directory), `backup_failed`, `missing_field`, `unknown_field`, `duplicate_field`, `invalid_type`, `csrf_token_invalid`", body = ErrorBody),
+        (status = 503, description = "`storage_full`, `storage_unavailable`: no backup written", body = ErrorBody),
+    ),
+)]
+pub async fn post_backup(
+    State(svc): State<Service>,
+    who: Principal,
+    AppJson(req): AppJson<BackupRequest>,
+) -> Result<Response, ApiError> {
+    crate::service::require(&who, &[crate::domain::Role::Admin], "admin")?;
+    let to = std::path::PathBuf::from(&req.to);
+    let opts = crate::backup::Options {
+        include_raw: req.include_raw,
+        key_file: None,
+        online: true,
+    };
+    let store = svc.store().clone();
+    let target = to.clone();
+    let taken = tokio::task::spawn_blocking(move || crate::backup::take(&store, &target, &opts))
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let manifest = match taken {
+        Ok(m) => m,
+        Err(
+            e @ (crate::backup::BackupError::RelativeTarget(_)
+            | crate::backup::BackupError::TargetNotEmpty(_)
+            | crate::backup::BackupError::InsideData(_)),
+        ) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_backup_target",
+                format!("to: {e}"),
+            ));
+        }
+        Err(crate::backup::BackupError::Store(e)) => return Err(ServiceError::from(e).into()),
+        Err(e) => {
+            tracing::error!(error = %e, "backup failed");
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "backup_failed",
+                format!("to: the backup could not be written there: {e}"),
+            ));
+        }
+    };
+    // Normen: who copied the data, and whether raw data left the purge schedule.
+    // (Not the path: it was typed by a person.)
+    tracing::info!(by = %who.token_id, raw_included = req.include_raw, "backup written");
+    if req.include_raw {
+        tracing::warn!("{}", crate::backup::raw_warning(&manifest.raw_periods));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(BackupWritten {
+            to: to.display().to_string(),
+            format: manifest.format,
+            raw_included: manifest.raw_included,
+            raw_periods: manifest.raw_periods,
+            server_key: manifest.server_key,
+            files: manifest.files.len(),
+        }),
+    )
+        .into_response())
+}

@@ -226,6 +226,12 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// The SHA-256 digest of `bytes` in lowercase hex: the checksums of a backup's manifest
+/// (ring's digest, so the crate keeps one implementation of SHA-256).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 /// Checks an Ed25519 signature (both base64url) over `message`, offline.
 pub fn verify_signature(public_key: &str, message: &[u8], signature: &str) -> bool {
     let (Ok(pk), Ok(sig)) = (

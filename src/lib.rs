@@ -26,9 +26,11 @@
 //! | [`fault`] | named fault-injection points for the crash tests (inactive unless a test sets them) | everything else |
 //! | [`web`] | the pages (askama, Fluent), sign-in by token or invite link, the tick page, assets | sled, opendp, ring |
 //! | [`server`] | router, `run` over a bound listener, shutdown | sled, opendp, ring |
+//! | [`backup`] | a consistent copy of a data directory with a manifest; restore into a new one | axum, sled (through `store`) |
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod clock;
 pub mod demo;
 pub mod domain;

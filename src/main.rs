@@ -145,7 +145,63 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Back up a data directory into a new directory: releases, ledger, keys, regimes,
+    /// accounts, tokens, invites, sessions and follow-ups, with a manifest of SHA-256 sums.
+    /// From a running server (its store is locked) the copy is taken by the server itself
+    /// through POST /api/v1/admin/backup, so --to is a path on the server's machine.
+    #[command(after_help = BACKUP_HELP)]
+    Backup {
+        /// The data directory (of a running or a stopped server).
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "./tellestrek-data",
+            env = "TELLESTREK_DATA"
+        )]
+        data: PathBuf,
+        /// Where to write the backup: a new (or empty) directory, created 0700.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Copy the raw data (counter cells, supporter counters, pseudonym secrets) of periods
+        /// not yet purged too. Off by default: such a copy outlives the purge.
+        #[arg(long)]
+        include_raw: bool,
+        /// Ask the running server at this address to take the copy, without opening the data
+        /// directory here (for a scheduled job that runs as another user). Without it, a data
+        /// directory in use is backed up through http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL", env = "TELLESTREK_URL")]
+        url: Option<String>,
+        /// A file holding an admin token, for a running server; default DIR.admin-token.
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
+        /// The server key file, if kept outside the data directory: its path is recorded in
+        /// the manifest (the key itself is never copied).
+        #[arg(long, value_name = "FILE", env = "TELLESTREK_KEY_FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Restore a backup into a new or empty data directory (--force replaces a non-empty one),
+    /// after checking every file against the manifest; nothing is written on a mismatch.
+    /// Run it with the server stopped.
+    Restore {
+        /// The backup directory (from `tellestrek backup`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The data directory to create.
+        #[arg(long, value_name = "DIR", env = "TELLESTREK_DATA")]
+        data: PathBuf,
+        /// Replace a data directory that is not empty (its old content is deleted once the
+        /// restored one is in place).
+        #[arg(long)]
+        force: bool,
+    },
 }
+
+/// Shown after `tellestrek backup --help`.
+const BACKUP_HELP: &str = "\
+Examples:
+  tellestrek backup --data /var/lib/tellestrek --to /var/backups/tellestrek/$(date +%F)
+  tellestrek restore --from /var/backups/tellestrek/2026-11-26 --data /var/lib/tellestrek
+See docs/backup.md for schedules, recovery point and time, keys and a warm standby.";
 
 #[derive(Subcommand)]
 enum PolicyCommand {
@@ -367,6 +423,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_key,
             signature,
         } => verify(&export, public_key.as_deref(), signature.as_deref()),
+        Command::Backup {
+            data,
+            to,
+            include_raw,
+            url,
+            admin_token_file,
+            key_file,
+        } => {
+            let token_file = admin_token_file.unwrap_or_else(|| default_token_file(&data));
+            backup(
+                &data,
+                &to,
+                include_raw,
+                url.as_deref(),
+                &token_file,
+                key_file,
+            )
+        }
+        Command::Restore { from, data, force } => {
+            let today = clock::from_env().map_err(anyhow::Error::msg)?.today();
+            restore(&from, &data, force, today)
+        }
         Command::Policy {
             command: PolicyCommand::Init { file },
         } => policy_init(&file),
@@ -382,6 +460,147 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tellestrek backup`: opens a stopped server's data directory itself; when a running server
+/// holds it (sled's lock), asks that server to write the copy (POST /api/v1/admin/backup).
+fn backup(
+    data: &std::path::Path,
+    to: &std::path::Path,
+    include_raw: bool,
+    url: Option<&str>,
+    token_file: &std::path::Path,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use tellestrek::backup;
+    use tellestrek::store::{self, Store};
+    let to = std::path::absolute(to).with_context(|| format!("the path {}", to.display()))?;
+    let opened = match url {
+        // Asked for the running server: the data directory is not touched here.
+        Some(_) => None,
+        None => {
+            anyhow::ensure!(
+                data.join("db").is_dir(),
+                "{} is not a data directory (it has no db/); for a running server elsewhere, pass --url",
+                data.display()
+            );
+            Some(Store::open(data))
+        }
+    };
+    let manifest = match opened {
+        Some(Ok(store)) => {
+            let opts = backup::Options {
+                include_raw,
+                key_file,
+                online: false,
+            };
+            let m = backup::take(&store, &to, &opts)
+                .with_context(|| format!("backing up {}", data.display()))?;
+            println!(
+                "Backed up the stopped server's data directory {} to {}.",
+                data.display(),
+                to.display()
+            );
+            m
+        }
+        None => ask_server(url.unwrap_or(DEFAULT_URL), &to, include_raw, token_file)?,
+        Some(Err(e)) if store::is_locked(&e) => {
+            ask_server(DEFAULT_URL, &to, include_raw, token_file)?
+        }
+        Some(Err(e)) => {
+            return Err(e).with_context(|| format!("opening {}", data.display()));
+        }
+    };
+    println!("Server key: {}", manifest.server_key);
+    if manifest.raw_included {
+        eprintln!("warning: {}", backup::raw_warning(&manifest.raw_periods));
+    } else {
+        println!(
+            "Raw data left out (the default): a restore of this backup marks the periods of {} that have ended by then as purged, so nothing more is released from them; a period still running counts again from zero. See docs/backup.md.",
+            if manifest.raw_periods.is_empty() {
+                "none".to_string()
+            } else {
+                manifest.raw_periods.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Where `tellestrek backup` finds a running server when not told (`serve`'s default).
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// Asks the running server at `url` to write a backup to `to` on its machine
+/// (POST /api/v1/admin/backup), and reads the manifest it wrote.
+fn ask_server(
+    url: &str,
+    to: &std::path::Path,
+    include_raw: bool,
+    token_file: &std::path::Path,
+) -> anyhow::Result<tellestrek::backup::Manifest> {
+    let token = std::fs::read_to_string(token_file).with_context(|| {
+        format!(
+            "a running server takes the copy itself and needs an admin token, read from {} (--admin-token-file FILE)",
+            token_file.display()
+        )
+    })?;
+    let endpoint = format!("{}/api/v1/admin/backup", url.trim_end_matches('/'));
+    let body = serde_json::json!({"to": to.display().to_string(), "include_raw": include_raw});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (status, answer): (_, serde_json::Value) = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&endpoint)
+            .bearer_auth(token.trim())
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("asking the running server at {url} (--url) for a backup"))?;
+        let status = resp.status();
+        let answer = resp.json().await.unwrap_or(serde_json::Value::Null);
+        anyhow::Ok((status, answer))
+    })?;
+    if status != reqwest::StatusCode::CREATED {
+        anyhow::bail!(
+            "the running server at {url} refused the backup ({status}): {}",
+            answer["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    println!(
+        "The running server at {url} wrote a backup to {} (on its machine).",
+        to.display()
+    );
+    tellestrek::backup::read_manifest(to)
+        .with_context(|| format!("reading the manifest the server wrote to {}", to.display()))
+}
+
+/// `tellestrek restore`.
+fn restore(
+    from: &std::path::Path,
+    data: &std::path::Path,
+    force: bool,
+    today: time::Date,
+) -> anyhow::Result<()> {
+    let done = tellestrek::backup::restore(from, data, force, today)
+        .with_context(|| format!("restoring {} into {}", from.display(), data.display()))?;
+    println!(
+        "Restored {} ({}, format {}) into {}: every file matched the manifest.",
+        from.display(),
+        done.manifest.tool,
+        done.manifest.format,
+        data.display()
+    );
+    if !done.marked_purged.is_empty() {
+        let names: Vec<String> = done.marked_purged.iter().map(|p| p.to_string()).collect();
+        println!(
+            "The backup held no raw data: the periods {} are marked purged, and their releases still to draw are never drawn.",
+            names.join(", ")
+        );
+    }
+    println!("Server key: {}", done.manifest.server_key);
+    Ok(())
 }
 
 /// What `policy` would do to the regimes of data directory `dir` at a start today; reads only

@@ -42,6 +42,7 @@ tick page, with the session cookie and the session's form token in `X-CSRF-Token
         crate::api::get_budget,
         crate::api::get_dashboard,
         crate::api::get_signing_key,
+        crate::api::post_backup,
         crate::web::api::post_invite,
         crate::web::api::get_invites,
         crate::web::api::delete_invite,
@@ -58,6 +59,7 @@ tick page, with the session cookie and the session's form token in `X-CSRF-Token
         (name = "tokens", description = "Access tokens: created once, listed without secrets, revoked"),
         (name = "invites", description = "One-time sign-in links and supporters' follow-up requests"),
         (name = "periods", description = "Base periods, their states, and releasing a closed one"),
+        (name = "backup", description = "A consistent copy of the data directory, written by the running server (admin)"),
         (name = "releases", description = "Signed differentially private releases, the dashboard's numbers, the privacy ledger and the signing key"),
     ),
 )]

@@ -160,6 +160,7 @@ pub fn api_routes() -> Vec<ApiRoute> {
             "/api/v1/periods/{period}/release",
             api::post_release,
         ),
+        route(Method::POST, "/api/v1/admin/backup", api::post_backup),
         route(Method::GET, "/api/v1/releases", api::get_releases),
         route(Method::GET, "/api/v1/releases.sig", api::get_releases_sig),
         route(Method::GET, "/api/v1/budget", api::get_budget),

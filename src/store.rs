@@ -59,6 +59,13 @@
 //! queued before a sync started share it (group commit). Syncing after every tick also keeps
 //! sled's unflushed log short, away from a known sled 0.34 stall under very long unflushed
 //! write bursts (see benches/README.md).
+//!
+//! # Backups
+//!
+//! [`Store::snapshot`] copies every tree, byte for byte, while holding a gate that each write
+//! spanning trees (a tick, a token, a release batch, a period state, a purge) takes shared, so
+//! the copy never holds half of one; [`write_snapshot`] writes such a copy into a new data
+//! directory. The format of a backup on disk is `backup`'s.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -220,6 +227,10 @@ pub struct Store {
     /// Whether writes are possible: `Full` while the disk is short of the reserve; `Failed` after
     /// an I/O error, which sled does not recover from without a restart.
     health: Arc<Health>,
+    /// Taken shared by every write that spans trees (a tick, a token, a release batch, a period
+    /// state, a purge) and exclusively by [`Store::snapshot`], so a backup never holds half of
+    /// one: sled iterates a tree live, not as of one instant.
+    snapshot_gate: Arc<std::sync::RwLock<()>>,
 }
 
 /// Free bytes the store keeps in reserve on the data directory's file system: below it, writes
@@ -321,6 +332,7 @@ impl Store {
             raw: Arc::new(Mutex::new(BTreeMap::new())),
             flusher: tx,
             health: Arc::new(Health::default()),
+            snapshot_gate: Arc::default(),
         };
         if store.meta.get("schema")?.as_deref() != Some(b"3") {
             store.meta.insert("schema", "3")?;
@@ -520,6 +532,7 @@ impl Store {
     /// [`Store::durable_period`] before acknowledging, and call [`Store::undo_tick`] if that
     /// fails.
     pub fn apply_tick(&self, w: &TickWrite) -> Result<TickApplied, StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         self.guard()?;
         let db = self
             .period_db(w.period, true)?
@@ -576,6 +589,7 @@ impl Store {
     /// Takes back a tick that [`Store::apply_tick`] counted but that could not be made durable,
     /// so that an error answer means "not counted" once the store writes again.
     pub fn undo_tick(&self, w: &TickWrite) -> Result<(), StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         let Some(db) = self.period_db(w.period, false)? else {
             return Ok(());
         };
@@ -683,6 +697,7 @@ impl Store {
     /// Records a state for `period`. Closing also sets the flag in its raw database, inside
     /// which ticks check it, so no tick lands after the close.
     pub fn set_period_state(&self, period: Period, state: PeriodState) -> Result<(), StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         self.guard()?;
         // Created if need be, so that a tick that passed the clock check just before the close
         // still meets the flag inside its transaction.
@@ -699,6 +714,7 @@ impl Store {
 
     /// Stores a new token record under its hash.
     pub fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         self.guard()?;
         let json = encode(record)?;
         (&self.tokens, &self.token_ids)
@@ -742,6 +758,7 @@ impl Store {
     /// Deletes the token with public id `id`, and with it the name its account was given at
     /// invite and any open follow-up request, in one transaction; returns whether it existed.
     pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         self.guard()?;
         let (names, followups, units) = (
             self.web_tree(ACCOUNT_NAMES)?,
@@ -767,6 +784,7 @@ impl Store {
     /// ledger entries in one transaction, synced; then published to `releases`, synced. Nobody
     /// can read a release before it is on disk.
     pub fn commit_releases(&self, batch: &[(Release, LedgerEntry)]) -> Result<(), StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         self.guard()?;
         let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = batch
             .iter()
@@ -949,6 +967,7 @@ impl Store {
     /// Deletes a base period's raw database (cells, supporter counters, pseudonym secret) from
     /// disk, and records the period as purged. Releases are kept.
     pub fn purge(&self, period: Period) -> Result<(), StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self
             .raw
             .lock()
@@ -1319,6 +1338,148 @@ impl Store {
     }
 }
 
+// ----- backup: a consistent copy of every tree, and a new data directory from one -----------
+
+/// Which database of a data directory a tree belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Database {
+    /// The main database (`db/`): releases, ledger, keys, tokens, periods, web sign-in.
+    Main,
+    /// The raw database of one base period (`raw/PERIOD/`): counter cells, supporter counters,
+    /// the pseudonym secret.
+    Raw(Period),
+}
+
+/// One tree's entries as stored, in key order: keys and values are copied byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeCopy {
+    /// The database the tree lives in.
+    pub database: Database,
+    /// The tree's name in that database (sled's default tree included).
+    pub name: Vec<u8>,
+    /// Every entry, key then value.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A copy of a data directory taken at one instant, for a backup.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Every tree of the main database, and of each period's raw database if asked for.
+    pub trees: Vec<TreeCopy>,
+    /// The regime list file ([`REGIMES_FILE`]) as stored, if the directory has one.
+    pub regimes: Option<Vec<u8>>,
+    /// Base periods with raw data on disk at that instant (whether or not it was copied).
+    pub raw_periods: Vec<Period>,
+}
+
+impl Store {
+    /// Copies every tree of the main database (and, with `include_raw`, of every period's raw
+    /// database) while no write that spans trees can run, so the copy holds each release with
+    /// its ledger entry and each token with its id, never half of one. Writes wait for the
+    /// copy (milliseconds for a small store; see docs/backup.md for measured times).
+    pub fn snapshot(&self, include_raw: bool) -> Result<Snapshot, StoreError> {
+        let _gate = self
+            .snapshot_gate
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut trees = Vec::new();
+        copy_db(&self.main.db, Database::Main, &mut trees)?;
+        let raw_periods = self.raw_periods()?;
+        if include_raw {
+            for &period in &raw_periods {
+                if let Some(db) = self.period_db(period, false)? {
+                    copy_db(&db.handle.db, Database::Raw(period), &mut trees)?;
+                }
+            }
+        }
+        Ok(Snapshot {
+            trees,
+            regimes: read_regimes(self.data_dir())?,
+            raw_periods,
+        })
+    }
+
+    /// The data directory this store was opened on (as given to [`Store::open`]).
+    pub fn data_dir(&self) -> &Path {
+        self.raw_dir.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Appends a copy of every tree of `db` to `out`.
+fn copy_db(db: &sled::Db, database: Database, out: &mut Vec<TreeCopy>) -> Result<(), StoreError> {
+    let mut names = db.tree_names();
+    names.sort();
+    for name in names {
+        let tree = db.open_tree(&name)?;
+        let entries = tree
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()?;
+        out.push(TreeCopy {
+            database,
+            name: name.to_vec(),
+            entries,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `trees` and the regime list into `dir`, a new data directory (it must hold no
+/// database yet), syncs them, and makes it the service user's alone (0700/0600). Used by
+/// restore, on a temporary directory that is renamed into place only when this succeeded.
+pub fn write_snapshot(
+    dir: &Path,
+    trees: &[TreeCopy],
+    regimes: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir.join("raw"))?;
+    let mut by_db: BTreeMap<Database, Vec<&TreeCopy>> = BTreeMap::new();
+    by_db.entry(Database::Main).or_default();
+    for t in trees {
+        by_db.entry(t.database).or_default().push(t);
+    }
+    for (database, trees) in by_db {
+        let path = match database {
+            Database::Main => dir.join("db"),
+            Database::Raw(p) => dir.join("raw").join(p.to_string()),
+        };
+        if path.exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} exists already; a restore writes only into a new directory",
+                path.display()
+            )));
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .open()?;
+        for t in trees {
+            let tree = db.open_tree(&t.name)?;
+            let mut batch = sled::Batch::default();
+            for (k, v) in &t.entries {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            tree.apply_batch(batch)?;
+        }
+        db.flush()?;
+        drop(db);
+        File::open(path.join("db"))?.sync_all()?;
+    }
+    if let Some(bytes) = regimes {
+        write_regimes(dir, bytes)?;
+    }
+    restrict(dir)?;
+    File::open(dir.join("raw"))?.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Whether `e` says the data directory is held by another process (a running server): sled
+/// locks its files exclusively, so a second process cannot open them.
+pub fn is_locked(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1386,6 +1547,90 @@ mod tests {
         let before: Vec<_> = before.into_iter().collect();
         assert_eq!(after, before);
         assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
+    }
+
+    /// A release and its ledger entry for `period`, with no cells (the store does not look).
+    fn release_pair(period: Period, marginal: &str) -> (Release, LedgerEntry) {
+        let id = format!("{period}/o/{marginal}");
+        let release = Release {
+            id: id.clone(),
+            period,
+            org: "o".into(),
+            marginal: marginal.into(),
+            kind: "contacts".into(),
+            dimensions: vec![],
+            covers: vec![period],
+            mechanism: "discrete_laplace".into(),
+            privacy_unit: "contact".into(),
+            epsilon: Some(0.1),
+            rho: None,
+            sensitivity: 1,
+            scale: 10.0,
+            sensitive_scale: None,
+            confidence: 0.95,
+            suppress_below: 3,
+            total_estimate: 0,
+            noise_variance: 0.0,
+            cells: vec![],
+        };
+        let entry = LedgerEntry {
+            release: id,
+            org: "o".into(),
+            marginal: marginal.into(),
+            period,
+            covers: vec![period],
+            measure: "epsilon".into(),
+            spend: 0.1,
+        };
+        (release, entry)
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_releases_are_committed_holds_each_with_its_ledger_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut period: Period = "2020-01".parse().unwrap();
+                for _ in 0..60 {
+                    let batch: Vec<_> = (0..5)
+                        .map(|m| release_pair(period, &format!("m{m}")))
+                        .collect();
+                    store.commit_releases(&batch).unwrap();
+                    period = period.next();
+                }
+            })
+        };
+        let keys = |snap: &Snapshot, tree: &str| -> Vec<Vec<u8>> {
+            snap.trees
+                .iter()
+                .find(|t| t.database == Database::Main && t.name == tree.as_bytes())
+                .map(|t| t.entries.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default()
+        };
+        while !writer.is_finished() {
+            let snap = store.snapshot(false).unwrap();
+            let (releases, ledger) = (keys(&snap, "releases"), keys(&snap, "ledger"));
+            assert_eq!(releases, ledger, "every release with its ledger entry");
+            assert_eq!(releases.len() % 5, 0, "whole batches only");
+            assert!(keys(&snap, "staged").is_empty());
+            assert_eq!(keys(&snap, "releases_by_org").len(), releases.len());
+        }
+        writer.join().unwrap();
+        let snap = store.snapshot(false).unwrap();
+        assert_eq!(keys(&snap, "releases").len(), 300);
+        // Written into a new directory, it opens with the same bytes.
+        let copy = tempfile::tempdir().unwrap();
+        let target = copy.path().join("data");
+        write_snapshot(&target, &snap.trees, snap.regimes.as_deref()).unwrap();
+        let restored = Store::open(&target).unwrap();
+        let id = "2020-03/o/m2";
+        assert_eq!(
+            restored.release_bytes(id).unwrap(),
+            store.release_bytes(id).unwrap()
+        );
+        assert_eq!(restored.ledger().unwrap(), store.ledger().unwrap());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The integration test binary: one module per area, shared fixtures in `helpers`.
 
+mod backup;
 mod connections;
 mod crash;
 mod dashboard;

@@ -861,6 +861,40 @@ async fn live_answers_to_valid_and_invalid_input_match_the_document() {
         400,
     );
 
+    // A backup, written by the running server (admin only; the target must be new or empty).
+    let bk = "/api/v1/admin/backup";
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("copy").display().to_string();
+    expect(
+        c.json("POST", bk, bk, Some(ADMIN), json!({"to": to})).await,
+        201,
+    );
+    expect(
+        c.json("POST", bk, bk, Some(ADMIN), json!({"to": to})).await,
+        422,
+    );
+    expect(
+        c.json("POST", bk, bk, Some(ADMIN), json!({"to": "relative"}))
+            .await,
+        422,
+    );
+    expect(
+        c.json("POST", bk, bk, Some(ADMIN), json!({"to": to, "x": 1}))
+            .await,
+        422,
+    );
+    expect(
+        c.json("POST", bk, bk, Some(&researcher), json!({"to": to}))
+            .await,
+        403,
+    );
+    expect(c.json("POST", bk, bk, None, json!({"to": to})).await, 401);
+    expect(
+        c.call("POST", bk, bk, Some(ADMIN), &[], Some(b"{\"to\":".to_vec()))
+            .await,
+        400,
+    );
+
     // Releases, their CSV and its signature, the ledger, the dashboard.
     let rl = "/api/v1/releases";
     let page = expect(
