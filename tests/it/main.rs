@@ -6,6 +6,7 @@ mod dashboard;
 mod demo;
 mod faults;
 mod helpers;
+mod matrix;
 mod numbers;
 mod pages;
 mod policy_edits;
