@@ -1,5 +1,6 @@
 //! The integration test binary: one module per area, shared fixtures in `helpers`.
 
+mod bad_input;
 mod connections;
 mod crash;
 mod dashboard;
