@@ -467,6 +467,11 @@ impl Fixture {
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let html = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html"));
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         if let Some(to) = location {
             return format!("{status} {to}");
@@ -475,6 +480,10 @@ impl Fixture {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let code = v["error"]["code"].as_str().unwrap_or("(no JSON error)");
             return format!("{status} {code}");
+        }
+        // A page's refusal is a page, in the reader's language.
+        if !api && status >= 400 && !html {
+            return format!("{status} (not an HTML page)");
         }
         status.to_string()
     }
