@@ -375,7 +375,11 @@ impl Fixture {
         Fixture { app, callers }
     }
 
-    /// Replaces the placeholders of `text` for caller `c`, making fresh targets as needed.
+    /// Replaces the placeholders of `text` for caller `c`, making fresh targets as needed:
+    /// those of [`Row::path`], and in form values `{csrf}` (the session's form token, or the
+    /// last one the caller had), `{form_csrf}` (the sign-in form cookie's), `{own_token}`
+    /// (the token the caller holds) and `{fresh}` (a new idempotency key). A form field named
+    /// `{dims}` stands for the first value of every dimension (in [`Fixture::call`]).
     async fn fill(&self, text: &str, c: &Caller) -> String {
         let mut out = text.to_string();
         if out.contains("{token}") {
