@@ -56,6 +56,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of this error (the admin page answers a refusal with the API's).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The generic 500 (the detail goes to the log, never to the client).
     pub fn internal() -> Self {
         ApiError::new(

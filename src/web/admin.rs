@@ -14,8 +14,11 @@ use serde::Deserialize;
 
 use super::export::signed_in_as;
 use super::{Ctx, Tr, csrf_refused, html, see_other, unavailable, version};
+use crate::api::ApiError;
 use crate::domain::Role;
-use crate::service::{NewInviteRequest, NewTokenRequest, Principal, Service, Session};
+use crate::service::{
+    NewInviteRequest, NewTokenRequest, Principal, Service, ServiceError, Session,
+};
 
 /// Periods listed, newest first: two years of months.
 const PERIODS_SHOWN: usize = 24;
@@ -331,29 +334,24 @@ pub async fn create_token(
             )
             .await
         }
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, e).await,
         Err(_) => unavailable(&ctx),
     }
 }
 
+/// The admin page with the service's refusal, under the status the API gives the same
+/// refusal (403 wrong role or organisation, 404 no such token or invite, 409 period not
+/// releasable, 422 invalid value), so a page and the API never disagree on what happened.
 async fn problem(
     svc: &Service,
     ctx: &Ctx,
     session: &Session,
     who: &Principal,
-    e: &str,
+    e: ServiceError,
 ) -> Response {
     let text = format!("{} {e}", ctx.t().get("admin-refused"));
-    render(
-        svc,
-        ctx,
-        session,
-        who,
-        None,
-        Some(text),
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await
+    let status = ApiError::from(e).status();
+    render(svc, ctx, session, who, None, Some(text), status).await
 }
 
 /// `POST /admin/tokens/revoke`.
@@ -369,7 +367,7 @@ pub async fn revoke_token(
     let (svc2, who2) = (svc.clone(), who.clone());
     match tokio::task::spawn_blocking(move || svc2.revoke_token(&who2, &form.id)).await {
         Ok(Ok(())) => see_other("/admin#tokens", vec![]),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, e).await,
         Err(_) => unavailable(&ctx),
     }
 }
@@ -416,7 +414,7 @@ pub async fn create_invite(
             )
             .await
         }
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, e).await,
         Err(_) => unavailable(&ctx),
     }
 }
@@ -434,7 +432,7 @@ pub async fn revoke_invite(
     let (svc2, who2) = (svc.clone(), who.clone());
     match tokio::task::spawn_blocking(move || svc2.revoke_invite(&who2, &form.id)).await {
         Ok(Ok(())) => see_other("/admin#invites", vec![]),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
+        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, e).await,
         Err(_) => unavailable(&ctx),
     }
 }
@@ -451,6 +449,6 @@ pub async fn release_period(
     };
     match svc.release_period(&who, form.period.trim()).await {
         Ok(_) => see_other("/admin#periods", vec![]),
-        Err(e) => problem(&svc, &ctx, &session, &who, &e.to_string()).await,
+        Err(e) => problem(&svc, &ctx, &session, &who, e).await,
     }
 }

@@ -214,6 +214,33 @@ impl Ctx {
     }
 }
 
+/// A page's typed path parameters. A parameter axum cannot read (not UTF-8 once
+/// percent-decoded) gets the "no such page" page (404) in the reader's language, as a page
+/// answers an address it does not know, instead of axum's plain-text 400.
+pub(crate) struct PagePath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<Service> for PagePath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, svc: &Service) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, svc).await {
+            Ok(Path(v)) => Ok(PagePath(v)),
+            Err(_) => {
+                let ctx = match Ctx::from_request_parts(parts, svc).await {
+                    Ok(ctx) => ctx,
+                    Err(never) => match never {},
+                };
+                Err(message(
+                    &ctx,
+                    StatusCode::NOT_FOUND,
+                    "error-title",
+                    "not-found",
+                ))
+            }
+        }
+    }
+}
+
 /// The request's cookies by name (the first of each name).
 fn cookies(headers: &HeaderMap) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -511,7 +538,11 @@ fn session_cookie(ctx: &Ctx, s: &crate::service::NewSession) -> HeaderValue {
 
 /// `GET /invite/{secret}`: a page with one button that signs this device in. Opening the link
 /// changes nothing, so a link preview (a chat app fetching the URL) does not use it up.
-async fn invite_page(State(svc): State<Service>, ctx: Ctx, Path(secret): Path<String>) -> Response {
+async fn invite_page(
+    State(svc): State<Service>,
+    ctx: Ctx,
+    PagePath(secret): PagePath<String>,
+) -> Response {
     if secret.is_empty()
         || secret.len() > 100
         || !secret
@@ -601,7 +632,7 @@ struct Back {
 /// path of this site is followed (no open redirect).
 async fn switch_lang(
     ctx: Ctx,
-    Path(lang): Path<String>,
+    PagePath(lang): PagePath<String>,
     back: Result<Query<Back>, QueryRejection>,
 ) -> Response {
     let Some(lang) = Lang::parse(&lang) else {
@@ -895,7 +926,7 @@ async fn follow_up(
 }
 
 /// `GET /assets/{path}`: an embedded file, cached for a year.
-async fn asset(ctx: Ctx, Path(path): Path<String>) -> Response {
+async fn asset(ctx: Ctx, PagePath(path): PagePath<String>) -> Response {
     match assets::find(&path) {
         Some(a) => (
             [

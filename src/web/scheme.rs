@@ -9,11 +9,11 @@
 //! a policy text cannot put markup or script on a page.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::{Ctx, Tr, html, message, unavailable, version};
+use super::{Ctx, PagePath, Tr, html, message, unavailable, version};
 use crate::policy::Org;
 use crate::service::Service;
 
@@ -153,7 +153,7 @@ pub async fn scheme_index(State(svc): State<Service>, ctx: Ctx) -> Response {
 pub async fn scheme_page(
     State(svc): State<Service>,
     ctx: Ctx,
-    Path(org_id): Path<String>,
+    PagePath(org_id): PagePath<String>,
 ) -> Response {
     let Some(who) = ctx.principal().cloned() else {
         return Redirect::to("/").into_response();
@@ -193,7 +193,7 @@ fn public_org<'a>(svc: &'a Service, id: &str) -> Option<&'a Org> {
 pub async fn public_page(
     State(svc): State<Service>,
     ctx: Ctx,
-    Path(org_id): Path<String>,
+    PagePath(org_id): PagePath<String>,
 ) -> Response {
     let Some(org) = public_org(&svc, &org_id).cloned() else {
         return message(&ctx, StatusCode::NOT_FOUND, "error-title", "not-found");

@@ -1,12 +1,14 @@
 //! The integration test binary: one module per area, shared fixtures in `helpers`.
 
 mod backup;
+mod bad_input;
 mod connections;
 mod crash;
 mod dashboard;
 mod demo;
 mod faults;
 mod helpers;
+mod matrix;
 mod metrics;
 mod numbers;
 mod openapi;
