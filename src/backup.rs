@@ -85,6 +85,14 @@ pub enum BackupError {
     /// The backup target given to a running server is not an absolute path.
     #[error("`to` must be an absolute path on the server's machine, not {0:?}")]
     RelativeTarget(String),
+    /// The backup holds raw data of periods that have ended: a restored server would draw their
+    /// releases (and the quarter's and year's tables over them), which the primary may have
+    /// drawn already after the backup: two draws of one release, one of them outside the ledger.
+    #[error(
+        "the backup holds raw data of periods that have ended ({}): a restored server would draw releases from them that the old server may have drawn after the backup, and a second draw spends their privacy budget twice; nothing was restored. Restore a backup without raw data, or, if the old server drew no release after this backup was taken (its log: no `lifecycle job ran` with `drawn` above 0 since), restore with --no-release-since-backup",
+        .0.join(", ")
+    )]
+    RawOfEndedPeriods(Vec<String>),
     /// The directory restored from has no manifest.
     #[error("{}: no {MANIFEST_FILE}: not a Tellestrek backup", .0.display())]
     NoManifest(PathBuf),
@@ -298,14 +306,28 @@ pub struct Restored {
 ///
 /// `today` decides what happens to periods whose raw data the backup left out: one that has
 /// ended is marked purged (no release is drawn from it any more), one still running keeps
-/// collecting from zero.
+/// collecting from zero. A backup *with* raw data of periods that have ended is refused unless
+/// `no_release_since` (the operator's word that the old server drew nothing after the backup):
+/// otherwise a release could be drawn twice.
 pub fn restore(
     from: &Path,
     data: &Path,
     force: bool,
     today: time::Date,
+    no_release_since: bool,
 ) -> Result<Restored, BackupError> {
     let manifest = read_manifest(from)?;
+    if manifest.raw_included && !no_release_since {
+        let ended: Vec<String> = manifest
+            .raw_periods
+            .iter()
+            .filter(|p| p.parse::<Period>().is_ok_and(|p| p.end() <= today))
+            .cloned()
+            .collect();
+        if !ended.is_empty() {
+            return Err(BackupError::RawOfEndedPeriods(ended));
+        }
+    }
     let trees = verified_trees(from, &manifest)?;
     // A data directory that is a symlink (to an encrypted volume) is restored where it points.
     let data = match std::fs::symlink_metadata(data) {

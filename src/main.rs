@@ -193,6 +193,11 @@ enum Command {
         /// restored one is in place).
         #[arg(long)]
         force: bool,
+        /// For a backup with raw data (`--include-raw`) of periods that have ended: your word
+        /// that the old server drew no release after the backup was taken, so the restored
+        /// server may draw them without drawing any release twice. Refused without it.
+        #[arg(long)]
+        no_release_since_backup: bool,
     },
 }
 
@@ -441,9 +446,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 key_file,
             )
         }
-        Command::Restore { from, data, force } => {
+        Command::Restore {
+            from,
+            data,
+            force,
+            no_release_since_backup,
+        } => {
             let today = clock::from_env().map_err(anyhow::Error::msg)?.today();
-            restore(&from, &data, force, today)
+            restore(&from, &data, force, today, no_release_since_backup)
         }
         Command::Policy {
             command: PolicyCommand::Init { file },
@@ -582,8 +592,9 @@ fn restore(
     data: &std::path::Path,
     force: bool,
     today: time::Date,
+    no_release_since: bool,
 ) -> anyhow::Result<()> {
-    let done = tellestrek::backup::restore(from, data, force, today)
+    let done = tellestrek::backup::restore(from, data, force, today, no_release_since)
         .with_context(|| format!("restoring {} into {}", from.display(), data.display()))?;
     println!(
         "Restored {} ({}, format {}) into {}: every file matched the manifest.",
