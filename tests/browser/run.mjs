@@ -105,6 +105,21 @@ async function newDevice(viewport, javaScriptEnabled = true) {
 }
 
 async function shot(page, name) {
+  // WCAG 1.4.10 (reflow): nothing but a table or code block that scrolls in its own box may be
+  // wider than the window, so no page scrolls sideways on a phone.
+  const wide = await page.evaluate(() => {
+    const w = document.documentElement.clientWidth;
+    if (document.documentElement.scrollWidth <= w) return [];
+    // The innermost elements whose content is wider than they are (a box, or a long word).
+    const over = [...document.querySelectorAll("body *")].filter((e) =>
+      e.getBoundingClientRect().right > w + 1 || (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1
+        && getComputedStyle(e).overflowX === "visible"));
+    const innermost = over.filter((e) => !over.some((o) => o !== e && e.contains(o)));
+    const name = (e) => `${e.tagName.toLowerCase()}${e.className ? "." + String(e.className).split(" ").join(".") : ""}`;
+    return [`page ${document.documentElement.scrollWidth} px wide`]
+      .concat(innermost.slice(0, 5).map((e) => `${name(e)} "${e.textContent.trim().slice(0, 30)}"`));
+  });
+  check(wide.length === 0, `${name}: no sideways scrolling${wide.length ? ": " + wide.join(", ") : ""}`);
   await page.screenshot({ path: path.join(artifacts, `${name}.png`), fullPage: true });
 }
 
