@@ -93,6 +93,13 @@ pub enum BackupError {
         .0.join(", ")
     )]
     RawOfEndedPeriods(Vec<String>),
+    /// The data directory to replace is open in a running server (sled's lock): renamed away
+    /// under it, every tick it acknowledged afterwards would be lost.
+    #[error(
+        "the data directory {} is in use by a running server; stop the server (systemctl stop tellestrek), then restore; nothing was restored",
+        .0.display()
+    )]
+    DataInUse(PathBuf),
     /// The directory restored from has no manifest.
     #[error("{}: no {MANIFEST_FILE}: not a Tellestrek backup", .0.display())]
     NoManifest(PathBuf),
@@ -338,6 +345,9 @@ pub fn restore(
     let replace = !is_empty_or_absent(data)?;
     if replace && !force {
         return Err(BackupError::DataNotEmpty(data.to_path_buf()));
+    }
+    if replace && store::in_use(data)? {
+        return Err(BackupError::DataInUse(data.to_path_buf()));
     }
     let parent = data.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -616,6 +626,28 @@ mod tests {
                 assert_eq!(parse_tree_file(&file), Some((db, name.to_vec())), "{file}");
             }
         }
+    }
+
+    #[test]
+    fn a_restore_never_replaces_a_data_directory_a_running_server_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Store::open(&dir.path().join("source")).unwrap();
+        let from = dir.path().join("backup");
+        take(&source, &from, &Options::default()).unwrap();
+        // A "running server": the store is open, and holds a value the restore must not lose.
+        let live_dir = dir.path().join("live");
+        let live = Store::open(&live_dir).unwrap();
+        live.set_meta_text("probe", "kept").unwrap();
+        let today = time::macros::date!(2026 - 11 - 26);
+        let e = restore(&from, &live_dir, true, today, false).unwrap_err();
+        assert!(matches!(e, BackupError::DataInUse(_)), "{e}");
+        assert!(e.to_string().contains("stop the server"), "{e}");
+        assert_eq!(live.meta_text("probe").unwrap().as_deref(), Some("kept"));
+        // Stopped, the same directory is replaced.
+        drop(live);
+        let restored = restore(&from, &live_dir, true, today, false);
+        assert!(restored.is_ok(), "{:?}", restored.err());
+        assert!(!store::in_use(&live_dir).unwrap());
     }
 
     #[test]

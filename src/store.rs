@@ -1474,6 +1474,31 @@ pub fn write_snapshot(
     Ok(())
 }
 
+/// Whether a process (a running server) holds the data directory `dir` open: sled keeps an
+/// exclusive lock on the main database's file (`db/db`) while it is open. `false` when there is
+/// no such file. Restore asks before it replaces a directory, since renaming it away under a
+/// running server would lose every tick that server acknowledges afterwards.
+pub fn in_use(dir: &Path) -> Result<bool, StoreError> {
+    use fs2::FileExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db").join("db"))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    match file.try_lock_exclusive() {
+        Ok(()) => {
+            file.unlock()?;
+            Ok(false)
+        }
+        Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether `e` says the data directory is held by another process (a running server): sled
 /// locks its files exclusively, so a second process cannot open them.
 pub fn is_locked(e: &StoreError) -> bool {
