@@ -1,0 +1,51 @@
+//! Findings of the review of issues 9 and 10 against the non-negotiables, each kept by a test.
+
+use axum::http::StatusCode;
+use tellestrek::metrics::Metrics;
+
+use crate::helpers::TestApp;
+use crate::pages::Browser;
+
+/// A supporter opens the site at `/` (a bookmark, the home screen) to log a contact, and `/`
+/// sends them on to `/tick`: a count or a timing of those redirects would count ticks, so they
+/// are in no request metric (a sign-in, once per device, is); a leader's redirect is.
+#[tokio::test]
+async fn the_redirects_that_lead_a_supporter_to_the_tick_page_are_in_no_metric() {
+    let mut app = TestApp::new();
+    let m = Metrics::new(app.svc.clone()).unwrap();
+    app.router = tellestrek::server::app_with(app.svc.clone(), Some(&m), None);
+    let supporter = app.token("supporter", Some("helse-vestfjord")).await;
+    let leader = app.token("leader", Some("helse-vestfjord")).await;
+    let mut b = Browser::new(&app);
+    let csrf = b.get("/").await.hidden("csrf");
+    let signed_in = b
+        .post("/sign-in", &[("csrf", &csrf), ("token", &supporter)])
+        .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    let before = String::from_utf8(m.render()).unwrap();
+    for _ in 0..3 {
+        let home = b.get("/").await;
+        assert_eq!(home.status, StatusCode::SEE_OTHER);
+        assert_eq!(home.location(), "/tick");
+    }
+    let text = String::from_utf8(m.render()).unwrap();
+    let home_series = |t: &str| {
+        t.lines()
+            .filter(|l| l.contains(r#"route="/""#))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(home_series(&text), home_series(&before), "{text}");
+    // A leader's `/` goes to the dashboard, and is counted as before.
+    let mut l = Browser::new(&app);
+    let csrf = l.get("/").await.hidden("csrf");
+    l.post("/sign-in", &[("csrf", &csrf), ("token", &leader)])
+        .await;
+    let home = l.get("/").await;
+    assert_eq!(home.location(), "/dashboard");
+    let text = String::from_utf8(m.render()).unwrap();
+    assert!(
+        text.contains(r#"tellestrek_http_requests_total{method="GET",route="/",status="303"} 1"#),
+        "{text}"
+    );
+}
