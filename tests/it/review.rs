@@ -49,3 +49,54 @@ async fn the_redirects_that_lead_a_supporter_to_the_tick_page_are_in_no_metric()
         "{text}"
     );
 }
+
+/// A backup without raw data restored in the grace days of the period before: restore marks
+/// that period purged (nothing is released from missing data). A supporter's phone that
+/// still sends a tick for it must be refused: counted into a new raw database of a purged
+/// period, the tick would be acknowledged but never released, and its raw data never deleted.
+#[tokio::test]
+async fn a_period_a_restore_marked_purged_takes_no_tick_in_its_grace_days() {
+    use std::sync::Arc;
+    use tellestrek::clock::FixedClock;
+    use tellestrek::policy::Policy;
+    use tellestrek::service::Service;
+    use time::macros::{date, datetime};
+
+    let app = TestApp::new();
+    let supporter = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&supporter, "helse-vestfjord", "akuttmottak", &[], 1)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    tellestrek::backup::take(
+        app.svc.store(),
+        &backup,
+        &tellestrek::backup::Options::default(),
+    )
+    .unwrap();
+    let data = dir.path().join("restored");
+    let done =
+        tellestrek::backup::restore(&backup, &data, false, date!(2026 - 12 - 03), false).unwrap();
+    let november: tellestrek::domain::Period = "2026-11".parse().unwrap();
+    assert_eq!(done.marked_purged, vec![november]);
+
+    let clock = Arc::new(FixedClock::new(datetime!(2026-12-03 10:00 UTC)));
+    let (svc, _) = Service::open(&data, Policy::builtin(), clock, None).unwrap();
+    let mut restored = TestApp::new();
+    restored.router = tellestrek::server::app(svc);
+    let mut body = crate::helpers::tick_body();
+    body["period"] = serde_json::json!("2026-11");
+    let (status, v) = restored
+        .call("POST", "/api/v1/ticks", Some(&supporter), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "period_not_open", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("purged"),
+        "{v}"
+    );
+    assert!(
+        !data.join("raw").join("2026-11").exists(),
+        "no raw data for a purged period"
+    );
+}
