@@ -1491,7 +1491,7 @@ pub fn in_use(dir: &Path) -> Result<bool, StoreError> {
     };
     match file.try_lock_exclusive() {
         Ok(()) => {
-            file.unlock()?;
+            FileExt::unlock(&file)?;
             Ok(false)
         }
         Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(true),
