@@ -262,8 +262,14 @@ async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
-    // The tick routes are not even timed.
-    if route.as_deref().is_some_and(metrics::is_tick_route) {
+    // The tick routes are not even timed; nor is a path below them that matches no route
+    // (`/api/v1/ticks/` from a proxy that adds a slash, an old app's retired tick path),
+    // which would otherwise count tick attempts under `unmatched`.
+    let tick_path = match route.as_deref() {
+        Some(r) => metrics::is_tick_route(r),
+        None => metrics::is_tick_route(req.uri().path()),
+    };
+    if tick_path {
         return next.run(req).await;
     }
     let started = std::time::Instant::now();

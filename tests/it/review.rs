@@ -100,3 +100,40 @@ async fn a_period_a_restore_marked_purged_takes_no_tick_in_its_grace_days() {
         "no raw data for a purged period"
     );
 }
+
+/// A tick sent to a path just beside the tick route (a proxy that adds a slash, a retired
+/// path of an old app version) matches no route; counted as `unmatched`, each such attempt
+/// would still count a contact. Other unknown paths are counted as before.
+#[tokio::test]
+async fn a_tick_to_an_unknown_path_below_the_tick_routes_is_in_no_metric() {
+    let mut app = TestApp::new();
+    let m = Metrics::new(app.svc.clone()).unwrap();
+    app.router = tellestrek::server::app_with(app.svc.clone(), Some(&m), None);
+    let supporter = app.token("supporter", Some("helse-vestfjord")).await;
+    for path in [
+        "/api/v1/ticks/",
+        "/api/v1/ticks/queue",
+        "/tick/old",
+        "/tick/",
+    ] {
+        let (status, _) = app
+            .call(
+                "POST",
+                path,
+                Some(&supporter),
+                Some(crate::helpers::tick_body()),
+            )
+            .await;
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+    let text = String::from_utf8(m.render()).unwrap();
+    assert!(!text.contains("unmatched"), "{text}");
+    app.call("POST", "/api/v1/tickets", None, None).await;
+    let text = String::from_utf8(m.render()).unwrap();
+    assert!(
+        text.contains(
+            r#"tellestrek_http_requests_total{method="POST",route="unmatched",status="404"} 1"#
+        ),
+        "{text}"
+    );
+}
