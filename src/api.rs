@@ -1470,7 +1470,8 @@ pub async fn post_backup(
         }
         Err(crate::backup::BackupError::Store(e)) => return Err(ServiceError::from(e).into()),
         Err(e) => {
-            tracing::error!(error = %e, "backup failed");
+            // Not the path (an admin typed it): only what went wrong.
+            tracing::error!(error = %e.log_detail(), "backup failed");
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "backup_failed",

@@ -93,6 +93,13 @@ pub enum BackupError {
         .0.join(", ")
     )]
     RawOfEndedPeriods(Vec<String>),
+    /// The data directory to replace is open in a running server (sled's lock): renamed away
+    /// under it, every tick it acknowledged afterwards would be lost.
+    #[error(
+        "the data directory {} is in use by a running server; stop the server (systemctl stop tellestrek), then restore; nothing was restored",
+        .0.display()
+    )]
+    DataInUse(PathBuf),
     /// The directory restored from has no manifest.
     #[error("{}: no {MANIFEST_FILE}: not a Tellestrek backup", .0.display())]
     NoManifest(PathBuf),
@@ -119,6 +126,29 @@ pub enum BackupError {
         .0.display()
     )]
     DataNotEmpty(PathBuf),
+}
+
+impl BackupError {
+    /// The error for the log: without any path, since the backup's target was typed by an
+    /// admin (non-negotiable 1: nothing a person typed in a log). The answer to the admin keeps
+    /// the full text.
+    pub fn log_detail(&self) -> String {
+        match self {
+            // The OS's words for the error, never the io::Error's own text: tempfile's errors
+            // carry the path in it ("… at path \"/…\"").
+            BackupError::Io { source, .. } => match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+                None => std::io::Error::from(source.kind()).to_string(),
+            },
+            BackupError::Store(e) => e.to_string(),
+            BackupError::BadManifest(_) => "the manifest could not be written".to_string(),
+            other => format!("{other:?}")
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("backup error")
+                .to_string(),
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
@@ -338,6 +368,9 @@ pub fn restore(
     let replace = !is_empty_or_absent(data)?;
     if replace && !force {
         return Err(BackupError::DataNotEmpty(data.to_path_buf()));
+    }
+    if replace && store::in_use(data)? {
+        return Err(BackupError::DataInUse(data.to_path_buf()));
     }
     let parent = data.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -615,6 +648,53 @@ mod tests {
                 let file = tree_file(db, name);
                 assert_eq!(parse_tree_file(&file), Some((db, name.to_vec())), "{file}");
             }
+        }
+    }
+
+    #[test]
+    fn a_restore_never_replaces_a_data_directory_a_running_server_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Store::open(&dir.path().join("source")).unwrap();
+        let from = dir.path().join("backup");
+        take(&source, &from, &Options::default()).unwrap();
+        // A "running server": the store is open, and holds a value the restore must not lose.
+        let live_dir = dir.path().join("live");
+        let live = Store::open(&live_dir).unwrap();
+        live.set_meta_text("probe", "kept").unwrap();
+        let today = time::macros::date!(2026 - 11 - 26);
+        let e = restore(&from, &live_dir, true, today, false).unwrap_err();
+        assert!(matches!(e, BackupError::DataInUse(_)), "{e}");
+        assert!(e.to_string().contains("stop the server"), "{e}");
+        assert_eq!(live.meta_text("probe").unwrap().as_deref(), Some("kept"));
+        // Stopped, the same directory is replaced.
+        drop(live);
+        let restored = restore(&from, &live_dir, true, today, false);
+        assert!(restored.is_ok(), "{:?}", restored.err());
+        assert!(!store::in_use(&live_dir).unwrap());
+    }
+
+    #[test]
+    fn a_backup_error_for_the_log_names_no_path() {
+        let typed = Path::new("/srv/typed-by-an-admin/backup");
+        let errors = [
+            io(typed)(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+            // As tempfile words it: the path inside the io::Error's text.
+            io(typed)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("No such file (os error 2) at path {:?}", typed.join(".tmp")),
+            )),
+            BackupError::TargetNotEmpty(typed.to_path_buf()),
+            BackupError::InsideData(typed.to_path_buf()),
+            BackupError::RelativeTarget("typed-by-an-admin".into()),
+        ];
+        for e in errors {
+            assert!(
+                e.to_string().contains("typed-by-an-admin"),
+                "the answer names it"
+            );
+            let logged = e.log_detail();
+            assert!(!logged.contains("typed-by-an-admin"), "{logged}");
+            assert!(!logged.is_empty());
         }
     }
 

@@ -167,8 +167,8 @@ enum Command {
         #[arg(long)]
         include_raw: bool,
         /// Ask the running server at this address to take the copy, without opening the data
-        /// directory here (for a scheduled job that runs as another user). Without it, a data
-        /// directory in use is backed up through http://127.0.0.1:8080.
+        /// directory here (for a scheduled job that runs as another user). Required for a
+        /// data directory in use: the admin token is sent to no address you did not give.
         #[arg(long, value_name = "URL", env = "TELLESTREK_URL")]
         url: Option<String>,
         /// A file holding an admin token, for a running server; default DIR.admin-token.
@@ -513,10 +513,13 @@ fn backup(
             );
             m
         }
-        None => ask_server(url.unwrap_or(DEFAULT_URL), &to, include_raw, token_file)?,
-        Some(Err(e)) if store::is_locked(&e) => {
-            ask_server(DEFAULT_URL, &to, include_raw, token_file)?
-        }
+        None => ask_server(url.unwrap_or_default(), &to, include_raw, token_file)?,
+        // The admin token goes only to an address the operator gave: a guessed one (the
+        // default port) may be another program's, which would then hold an admin token.
+        Some(Err(e)) if store::is_locked(&e) => anyhow::bail!(
+            "{} is in use by a running server, and a running server takes the copy itself: give its address with --url URL (or TELLESTREK_URL), and an admin token with --admin-token-file FILE",
+            data.display()
+        ),
         Some(Err(e)) => {
             return Err(e).with_context(|| format!("opening {}", data.display()));
         }
@@ -536,9 +539,6 @@ fn backup(
     }
     Ok(())
 }
-
-/// Where `tellestrek backup` finds a running server when not told (`serve`'s default).
-const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
 /// Asks the running server at `url` to write a backup to `to` on its machine
 /// (POST /api/v1/admin/backup), and reads the manifest it wrote.

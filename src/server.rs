@@ -8,7 +8,7 @@
 //! handler, so none can cut a tick between its write and its answer.
 //!
 //! Metrics (`crate::metrics`) are recorded by one middleware over every route but the tick
-//! routes, and served at `/metrics` on a separate listener or behind a bearer token
+//! routes (and redirects to them, such as a supporter's `/`), and served at `/metrics` on a separate listener or behind a bearer token
 //! ([`MetricsServe`]).
 //!
 //! No access log and no request metrics for the tick route: their counts would be the raw
@@ -262,12 +262,23 @@ async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
-    // The tick routes are not even timed.
-    if route.as_deref().is_some_and(metrics::is_tick_route) {
+    // The tick routes are not even timed; nor is a path below them that matches no route
+    // (`/api/v1/ticks/` from a proxy that adds a slash, an old app's retired tick path),
+    // which would otherwise count tick attempts under `unmatched`.
+    let tick_path = match route.as_deref() {
+        Some(r) => metrics::is_tick_route(r),
+        None => metrics::is_tick_route(req.uri().path()),
+    };
+    if tick_path {
         return next.run(req).await;
     }
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    // Nor the way to them: a supporter opens `/` (or signs in, or switches the language) to
+    // log a contact and is sent on to `/tick`, so those redirects would count ticks too.
+    if redirects_to_tick_route(&resp) {
+        return resp;
+    }
     m.observe_request(
         method.as_str(),
         route.as_deref(),
@@ -275,6 +286,17 @@ async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
         started.elapsed(),
     );
     resp
+}
+
+/// Whether `resp` is a redirect to a tick route (`Location` a path or an absolute URL).
+fn redirects_to_tick_route(resp: &Response) -> bool {
+    resp.status().is_redirection()
+        && resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.parse::<axum::http::Uri>().ok())
+            .is_some_and(|u| metrics::is_tick_route(u.path()))
 }
 
 /// The answer of `GET /metrics`: the text exposition, or a 401 when a token is required and

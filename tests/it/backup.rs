@@ -165,8 +165,8 @@ async fn a_backup_of_a_running_server_restores_every_release_signature_and_ledge
     );
     assert!(!data.join("backup").exists());
 
-    // Without --url, a data directory in use is recognised (sled's lock) and left to the
-    // server, which needs an admin token (none at the default path here).
+    // Without --url, a data directory in use is recognised (sled's lock) and refused: the
+    // admin token is sent to no address the operator did not give.
     let out = tellestrek(&[
         &"backup",
         &"--data",
@@ -180,6 +180,7 @@ async fn a_backup_of_a_running_server_restores_every_release_signature_and_ledge
         "{}",
         text(&out)
     );
+    assert!(text(&out).contains("--url"), "{}", text(&out));
     assert!(!dir.path().join("nope").exists());
 
     // `tellestrek backup --url`: the running server takes the copy.

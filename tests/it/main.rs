@@ -16,6 +16,7 @@ mod pages;
 mod policy_edits;
 mod reads;
 mod releases;
+mod review;
 mod scan;
 mod secrets;
 mod serve;
