@@ -206,7 +206,9 @@ pub fn raw_warning(periods: &[String]) -> String {
          The server deletes each period's raw data on schedule (the policy's retention); this copy \
          keeps it beyond that purge unless it is rotated: delete each backup made with --include-raw \
          within the grace period (period.grace_days, 7 days by default), so no raw data outlives its \
-         purge by more than that. Keep it encrypted and readable by the service's user only.",
+         purge by more than that. Keep it encrypted and readable by the service's user only, and do \
+         not keep a series of them: two raw backups an hour apart tell how many contacts were logged \
+         in that hour, a time far finer than the period.",
         if periods.is_empty() {
             "no period (none has raw data now)".to_string()
         } else {

@@ -760,20 +760,15 @@ impl Store {
     pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
         let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
         self.guard()?;
-        let (names, followups, units) = (
-            self.web_tree(ACCOUNT_NAMES)?,
-            self.web_tree(FOLLOWUPS)?,
-            self.web_tree(ACCOUNT_UNITS)?,
-        );
-        (&self.tokens, &self.token_ids, &names, &followups, &units)
-            .transaction(|(tokens, ids, names, followups, units)| {
+        let (names, followups) = (self.web_tree(ACCOUNT_NAMES)?, self.web_tree(FOLLOWUPS)?);
+        (&self.tokens, &self.token_ids, &names, &followups)
+            .transaction(|(tokens, ids, names, followups)| {
                 let Some(hash) = ids.remove(id.as_bytes())? else {
                     return Ok(false);
                 };
                 tokens.remove(hash)?;
                 names.remove(id.as_bytes())?;
                 followups.remove(id.as_bytes())?;
-                units.remove(id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
             .map_err(tx_err)
@@ -1204,9 +1199,6 @@ const SESSIONS: &str = "web_sessions";
 const ACCOUNT_NAMES: &str = "web_account_names";
 /// Open follow-up requests, keyed by the account's token id (the value is empty).
 const FOLLOWUPS: &str = "web_followups";
-/// The unit a coordinator said a supporter belongs to at invite, keyed by the account's token
-/// id: the tick page preselects it. Never stored with ticks, counts or pseudonyms.
-const ACCOUNT_UNITS: &str = "web_account_units";
 
 impl Store {
     fn web_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
@@ -1296,22 +1288,6 @@ impl Store {
     pub fn account_name(&self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .web_tree(ACCOUNT_NAMES)?
-            .get(id.as_bytes())?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Stores the unit (a policy id) a coordinator said account `id` belongs to.
-    pub fn set_account_unit(&self, id: &str, unit: &str) -> Result<(), StoreError> {
-        self.guard()?;
-        self.web_tree(ACCOUNT_UNITS)?
-            .insert(id.as_bytes(), unit.as_bytes())?;
-        Ok(())
-    }
-
-    /// The unit a coordinator said account `id` belongs to, if any.
-    pub fn account_unit(&self, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .web_tree(ACCOUNT_UNITS)?
             .get(id.as_bytes())?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }

@@ -74,7 +74,7 @@ pub enum ServiceError {
     #[error("the token is not valid or has been revoked")]
     InvalidToken,
     /// The caller's role may not do this.
-    #[error("a {role} token cannot do this; it needs {needed}")]
+    #[error("a token of role `{role}` cannot do this; it needs {needed}")]
     WrongRole {
         role: &'static str,
         needed: &'static str,

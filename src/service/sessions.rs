@@ -21,6 +21,11 @@ pub struct InviteRecord {
     pub org: Option<String>,
     /// Last day the link can be opened (from `web.invite_days`); never shown.
     pub expires: Date,
+    /// For a supporter: the unit the coordinator said they belong to, handed to the device
+    /// that opens the link (a cookie there) and deleted with the invite: the server keeps no
+    /// link between a person and a unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// A signed-in device, stored under the keyed hash of its cookie's secret.
@@ -51,8 +56,9 @@ pub struct NewInviteRequest {
     /// An existing account (token id) to sign one more device in as; default a new account.
     #[serde(default)]
     pub account: Option<String>,
-    /// For a supporter: the unit (policy id) they belong to, preselected on their tick page
-    /// until the phone remembers their own answers, so a first contact takes few taps.
+    /// For a supporter: the unit (policy id) they belong to, preselected on the tick page of
+    /// the device that opens the link (kept there, never on the server once the link is used),
+    /// so a first contact takes few taps.
     #[serde(default)]
     pub unit: Option<String>,
 }
@@ -99,6 +105,8 @@ pub struct NewSession {
     pub secret: String,
     /// Lifetime of the cookie, in days (`web.session_days`).
     pub days: u32,
+    /// The unit the invite named, for the device to keep (and preselect); never stored.
+    pub unit: Option<String>,
 }
 
 /// A valid session.
@@ -216,9 +224,6 @@ impl Service {
         if let Some(name) = &name {
             self.store.set_account_name(&account.id, name)?;
         }
-        if let Some(unit) = unit {
-            self.store.set_account_unit(&account.id, unit)?;
-        }
         let secret = Token::generate()?;
         let days = self.policy.web.invite_days;
         let rec = InviteRecord {
@@ -227,6 +232,7 @@ impl Service {
             role: account.role,
             org: account.org.clone(),
             expires: self.clock.today() + Duration::days(i64::from(days)),
+            unit: unit.map(str::to_string),
         };
         self.store
             .put_invite(&invite_hash(&self.server_key, secret.expose()), &rec)?;
@@ -290,14 +296,6 @@ impl Service {
         }
     }
 
-    /// The unit a coordinator said this supporter belongs to, if it is still a unit of their
-    /// organisation (preselected on the tick page).
-    pub fn home_unit(&self, who: &Principal) -> Option<String> {
-        let unit = self.store.account_unit(&who.token_id).ok().flatten()?;
-        let org = self.current_policy().org(who.org.as_deref()?)?;
-        org.units.iter().any(|u| u.id == unit).then_some(unit)
-    }
-
     /// Opens an invite link: once, before it expires, while its account exists. Returns a
     /// session for the device.
     pub fn redeem_invite(&self, secret: &str) -> Result<NewSession, ServiceError> {
@@ -309,7 +307,9 @@ impl Service {
             self.store.sync_main()?;
             return Err(ServiceError::InviteNotValid);
         }
-        self.new_session(&rec.account)
+        let mut session = self.new_session(&rec.account)?;
+        session.unit = rec.unit.filter(|_| rec.role == Role::Supporter);
+        Ok(session)
     }
 
     /// Signs a device in with a token (the sign-in form).
@@ -332,6 +332,7 @@ impl Service {
         Ok(NewSession {
             secret: secret.expose().to_string(),
             days,
+            unit: None,
         })
     }
 
@@ -391,13 +392,14 @@ impl Service {
         Ok(self.store.followups()?.contains(&who.token_id))
     }
 
-    /// Open follow-up requests of the caller's organisation (admins: all), under the names
-    /// given at invite.
+    /// Open follow-up requests of the coordinator's organisation, under the names given at
+    /// invite. Coordinators only: a supporter asks their coordinator for a talk, and the name
+    /// is shown to nobody else (not to an administrator either).
     pub fn followups(&self, who: &Principal) -> Result<Vec<FollowUp>, ServiceError> {
         require(
             who,
-            &[Role::Admin, Role::Coordinator],
-            "an admin or coordinator token",
+            &[Role::Coordinator],
+            "a coordinator token (follow-up requests are shown to the supporter's coordinator only)",
         )?;
         let mut out = Vec::new();
         for id in self.store.followups()? {

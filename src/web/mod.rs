@@ -53,6 +53,9 @@ pub const SESSION_COOKIE: &str = "tellestrek_session";
 pub const FORM_COOKIE: &str = "tellestrek_form";
 /// The language cookie: `nb` or `en`.
 pub const LANG_COOKIE: &str = "tellestrek_lang";
+/// The unit the invite named: kept on the device (like its remembered answers) and preselected
+/// on its tick page; the server keeps no link between a person and a unit.
+pub const UNIT_COOKIE: &str = "tellestrek_unit";
 /// The header the tick page's script sends the session's CSRF token in, for API calls made
 /// with the session cookie.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -136,6 +139,8 @@ pub(crate) struct Ctx {
     form_cookie: Option<String>,
     /// Whether cookies get the `Secure` flag.
     secure: bool,
+    /// The unit cookie's value, if set (checked against the policy where it is used).
+    unit_cookie: Option<String>,
 }
 
 impl FromRequestParts<Service> for Ctx {
@@ -155,6 +160,7 @@ impl FromRequestParts<Service> for Ctx {
             lang: Lang::from_cookie(cookies.get(LANG_COOKIE).map(String::as_str)),
             session,
             form_cookie: cookies.get(FORM_COOKIE).cloned(),
+            unit_cookie: cookies.get(UNIT_COOKIE).cloned(),
             secure: opts.trusted_proxy
                 && parts
                     .headers
@@ -589,7 +595,13 @@ async fn invite_redeem(
     }
     let result = tokio::task::spawn_blocking(move || svc.redeem_invite(&form.secret)).await;
     match result {
-        Ok(Ok(session)) => see_other("/", vec![session_cookie(&ctx, &session)]),
+        Ok(Ok(session)) => {
+            let mut set = vec![session_cookie(&ctx, &session)];
+            if let Some(unit) = &session.unit {
+                set.push(ctx.cookie(UNIT_COOKIE, unit.clone(), i64::from(session.days)));
+            }
+            see_other("/", set)
+        }
         Ok(Err(ServiceError::InviteNotValid)) => {
             message(&ctx, StatusCode::GONE, "error-title", "invite-invalid")
         }
@@ -618,7 +630,13 @@ async fn sign_out(
         return csrf_refused(&ctx);
     }
     let _ = tokio::task::spawn_blocking(move || svc.sign_out(&secret)).await;
-    see_other("/", vec![ctx.cookie(SESSION_COOKIE, String::new(), 0)])
+    see_other(
+        "/",
+        vec![
+            ctx.cookie(SESSION_COOKIE, String::new(), 0),
+            ctx.cookie(UNIT_COOKIE, String::new(), 0),
+        ],
+    )
 }
 
 /// Query of the language switch.
@@ -707,7 +725,11 @@ fn tick_page_for(
                 .iter()
                 .map(|u| (u.id.clone(), u.name.clone()))
                 .collect(),
-            only.or_else(|| svc.home_unit(who)),
+            only.or_else(|| {
+                ctx.unit_cookie
+                    .clone()
+                    .filter(|u| org.units.iter().any(|x| &x.id == u))
+            }),
         ));
     }
     for d in &policy.dimensions {

@@ -162,7 +162,8 @@ async fn fixture() -> Fixture {
 
 /// What the store holds that a request could change: every raw byte of the counting trees
 /// (cells, supporter counters, periods, tokens), and as the API serves them the releases, the
-/// ledger, tokens, invites, follow-up requests and periods.
+/// ledger, tokens, invites and periods, and the open follow-up requests (read from the store:
+/// only a coordinator may read them through the API).
 async fn digest(app: &TestApp) -> (BTreeMap<Vec<u8>, Vec<u8>>, Vec<String>) {
     let mut served = Vec::new();
     for path in [
@@ -170,13 +171,16 @@ async fn digest(app: &TestApp) -> (BTreeMap<Vec<u8>, Vec<u8>>, Vec<String>) {
         "/api/v1/budget",
         "/api/v1/tokens",
         "/api/v1/invites",
-        "/api/v1/follow-ups",
         "/api/v1/periods",
     ] {
         let (s, v) = app.call("GET", path, Some(ADMIN), None).await;
         assert_eq!(s.as_u16(), 200, "{path}: {v}");
         served.push(format!("{path}: {v}"));
     }
+    served.push(format!(
+        "follow-ups: {:?}",
+        app.svc.store().followups().unwrap()
+    ));
     (app.snapshot(), served)
 }
 

@@ -146,8 +146,9 @@ fn rows() -> Vec<Row> {
         Row { method: "DELETE", route: "/api/v1/invites/{id}", path: "/api/v1/invites/{invite}",
             body: Sent::None,
             expect: r(["204", "204", ROLE, ROLE, ROLE, "404 invite_not_found", ROLE, ROLE]) },
+        // The names of supporters asking for a talk: their coordinator's only.
         Row { method: "GET", route: "/api/v1/follow-ups", path: "/api/v1/follow-ups",
-            body: Sent::None, expect: r([OK, OK, ROLE, ROLE, ROLE, OK, ROLE, ROLE]) },
+            body: Sent::None, expect: r([ROLE, OK, ROLE, ROLE, ROLE, OK, ROLE, ROLE]) },
         // --- the pages ---
         Row { method: "GET", route: "/", path: "/", body: Sent::None,
             expect: p(["303 /admin", "303 /dashboard", "303 /dashboard", "303 /export", "303 /tick",

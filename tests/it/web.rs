@@ -650,7 +650,21 @@ async fn a_first_contact_on_a_new_phone_takes_three_taps() {
     )
     .await;
     let mut phone = Browser::new(&app);
-    open_invite(&mut phone, &path).await;
+    let signed_in = open_invite(&mut phone, &path).await;
+    // The unit goes to the phone, as a cookie like the session's, and leaves the server with
+    // the used invite: no stored record links the person to a unit.
+    let unit_cookie = signed_in
+        .set_cookie("tellestrek_unit")
+        .expect("a unit cookie");
+    for flag in ["tellestrek_unit=intensiv", "HttpOnly", "SameSite=Strict"] {
+        assert!(unit_cookie.contains(flag), "{flag} in {unit_cookie}");
+    }
+    let (_, open) = app.call("GET", "/api/v1/invites", Some(&coord), None).await;
+    assert_eq!(
+        open["invites"],
+        json!([]),
+        "the used invite, and its unit, are gone"
+    );
     let form = phone.get("/tick").await;
     assert_eq!(form.status, StatusCode::OK);
     // Preselected: the unit from the invite and every answer the policy gives a default, each
