@@ -29,6 +29,7 @@ use time::macros::datetime;
 use tower::ServiceExt;
 
 use crate::helpers::{ADMIN, TestApp};
+use crate::pages::Browser;
 
 /// Cases per target in the default test run; `PROPTEST_CASES` overrides every target's count.
 const DEFAULT_CASES: u32 = 2000;
@@ -1000,9 +1001,10 @@ fn tellestrek_verify_exits_1_or_2_on_a_changed_export_and_never_panics() {
 // ---------------------------------------------------------------------------------------------
 // 4. Cookies
 
-/// A `Cookie:` header value: arbitrary bytes a header may carry, or pairs with the service's
-/// cookie names and odd values.
-fn cookie_header() -> impl Strategy<Value = HeaderValue> {
+/// A `Cookie:` header value: arbitrary bytes a header may carry, pairs with the service's
+/// cookie names and odd values, or a real session's secret (`session`) with one to three
+/// characters changed, cut or added.
+fn cookie_header(session: String) -> impl Strategy<Value = HeaderValue> {
     let name = prop_oneof![
         Just("tellestrek_session".to_string()),
         Just("tellestrek_form".to_string()),
@@ -1041,16 +1043,53 @@ fn cookie_header() -> impl Strategy<Value = HeaderValue> {
         ],
         0..200,
     );
+    let alphabet: Vec<char> = ('A'..='Z')
+        .chain('a'..='z')
+        .chain('0'..='9')
+        .chain(['-', '_'])
+        .collect();
+    let near = prop::collection::vec(
+        (0u8..3, any::<usize>(), prop::sample::select(alphabet)),
+        1..4,
+    )
+    .prop_filter_map("the real secret", move |edits| {
+        let mut v: Vec<char> = session.chars().collect();
+        for (kind, at, c) in edits {
+            let n = v.len();
+            match kind {
+                0 if n > 0 => v[at % n] = c,
+                1 if n > 0 => v.truncate(at % n),
+                _ => v.insert(at % (n + 1), c),
+            }
+        }
+        let forged: String = v.into_iter().collect();
+        (forged != session).then(|| format!("tellestrek_session={forged}"))
+    });
     prop_oneof![
-        pairs.prop_map(|s| HeaderValue::from_str(&s).unwrap()),
-        raw.prop_map(|b| HeaderValue::from_bytes(&b).unwrap()),
+        2 => pairs.prop_map(|s| HeaderValue::from_str(&s).unwrap()),
+        1 => raw.prop_map(|b| HeaderValue::from_bytes(&b).unwrap()),
+        1 => near.prop_map(|s| HeaderValue::from_str(&s).unwrap()),
     ]
 }
 
 #[test]
 fn forged_cookies_never_fail_and_never_sign_in() {
     let rt = runtime();
-    let (app, _) = tick_app(&rt);
+    let (app, sup) = tick_app(&rt);
+    // A real session, signed in with the supporter's token: forged cookies include its secret
+    // with a character or three changed.
+    let session = rt.block_on(async {
+        let mut b = Browser::new(&app);
+        let csrf = b.get("/").await.hidden("csrf");
+        let r = b
+            .post("/sign-in", &[("csrf", &csrf), ("token", &sup)])
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        // The check below has teeth: the real cookie is signed in ("/" sends it on).
+        let home = b.get("/").await;
+        assert_eq!(home.status, StatusCode::SEE_OTHER, "{}", home.body);
+        b.cookies["tellestrek_session"].clone()
+    });
     let tick = tick_body().to_string().into_bytes();
     let form = b"csrf=x&key=k&unit=akuttmottak".to_vec();
     // (method, path, body, content type)
@@ -1089,7 +1128,7 @@ fn forged_cookies_never_fail_and_never_sign_in() {
         Just(None),
         "[ -~]{0,64}".prop_map(|s| HeaderValue::from_str(&s).ok()),
     ];
-    let cookies = prop::collection::vec(cookie_header(), 1..3);
+    let cookies = prop::collection::vec(cookie_header(session), 1..3);
     // Half the cases of the others: a page render and a store snapshot per case.
     run(
         "forged_cookies_never_fail_and_never_sign_in",
