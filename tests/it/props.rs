@@ -114,6 +114,9 @@ fn tricky_string() -> BoxedStrategy<String> {
         Just("x".repeat(17_000)), // over the 16 KiB body limit
         Just("akuttmottak".to_string()),
         Just("AKUTTMOTTAK".to_string()),
+        Just("9999-12".to_string()),
+        Just("2026-W53".to_string()),
+        "[0-9]{4}(-(W|Q)?[0-9]{1,2})?",
         "\\PC{0,40}",
         any::<String>(),
     ]
@@ -1187,4 +1190,111 @@ fn forged_cookies_never_fail_and_never_sign_in() {
             })
         },
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Read queries: periods in a query or a path
+
+/// Period-shaped text: four digits, a separator, a week, month or quarter, often at the
+/// calendar's edges (the years 0000, 9998 and 9999), and near misses.
+fn period_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        "(0000|0001|1969|1970|2026|9998|9999|[0-9]{4})(-(W|Q)?[0-9]{1,2})?",
+        "-?[0-9]{1,6}(-[WQ]?[0-9]{0,3})?",
+        tricky_string().prop_map(|s| s.chars().take(16).collect()),
+    ]
+    .boxed()
+}
+
+#[test]
+fn read_queries_with_any_period_never_fail() {
+    let rt = runtime();
+    let (app, _) = tick_app(&rt);
+    let researcher = rt.block_on(app.token("researcher", None));
+    let leader = rt.block_on(app.token("leader", Some("helse-vestfjord")));
+    let enc = |s: &str| crate::pages::enc(s);
+    let route = prop_oneof![
+        Just("/api/v1/releases?period="),
+        Just("/api/v1/releases?from="),
+        Just("/api/v1/releases?to="),
+        Just("/api/v1/releases?format=csv&to="),
+        Just("/api/v1/releases.sig?from="),
+        Just("/api/v1/budget?period="),
+        Just("/api/v1/dashboard?year="),
+    ];
+    run(
+        "read_queries_with_any_period_never_fail",
+        DEFAULT_CASES,
+        (route, period_text(), period_text()),
+        |(route, p, q)| {
+            let token = if route.contains("dashboard") {
+                &leader
+            } else {
+                &researcher
+            };
+            let path = format!("{route}{}&to={}", enc(&p), enc(&q));
+            let path = if route.ends_with("to=") {
+                format!("{route}{}", enc(&p))
+            } else {
+                path
+            };
+            rt.block_on(async {
+                let auth = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+                let (status, _, body) =
+                    send(&app, "GET", &path, &[("authorization", auth)], vec![]).await;
+                tally(status.as_str());
+                prop_assert!(
+                    !status.is_server_error(),
+                    "GET {path}: {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                if status.is_client_error() {
+                    api_error_shape(status, &body)?;
+                }
+                Ok(())
+            })
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions: inputs the targets above found, kept by name.
+
+/// Found by `read_queries_with_any_period_never_fail`: a period in the year 9999 ends in
+/// 10000, which the calendar cannot represent, and computing its end panicked: `?to=9999`
+/// answered 500 and `POST /api/v1/periods/9999-12/release` panicked in the handler. Now such a
+/// period is not a period (422 `invalid_period`), on every route that reads one.
+#[test]
+fn regression_a_period_in_the_year_9999_is_refused_not_a_panic() {
+    let rt = runtime();
+    let (app, sup) = tick_app(&rt);
+    rt.block_on(async {
+        let researcher = app.token("researcher", None).await;
+        for p in ["9999", "9999-12", "9999-W52", "9999-Q4", "9999-01"] {
+            let mut body = tick_body();
+            body["period"] = json!(p);
+            let (s, v) = app
+                .call("POST", "/api/v1/ticks", Some(&sup), Some(body))
+                .await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "tick {p}: {v}");
+            let path = format!("/api/v1/periods/{p}/release");
+            let (s, v) = app.call("POST", &path, Some(ADMIN), None).await;
+            assert!(s.is_client_error(), "POST {path}: {s} {v}");
+            for path in [
+                format!("/api/v1/releases?period={p}"),
+                format!("/api/v1/releases?from={p}"),
+                format!("/api/v1/releases?to={p}"),
+                format!("/api/v1/releases?format=csv&from={p}&to={p}"),
+            ] {
+                let (s, v) = app.call("GET", &path, Some(&researcher), None).await;
+                assert!(s.is_client_error(), "GET {path}: {s} {v}");
+                assert!(v["error"]["message"].as_str().is_some(), "GET {path}: {v}");
+            }
+        }
+        // The last year that is a period works as any other.
+        let (s, v) = app
+            .call("GET", "/api/v1/releases?to=9998", Some(&researcher), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    });
 }
