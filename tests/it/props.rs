@@ -1,6 +1,7 @@
 //! Property tests that stand in for fuzzing (issue 10): the policy parser, the tick body, the
-//! JSON and CSV verifier and the cookies, each fed arbitrary input and structured mutations of
-//! a real one, must never panic, never answer 5xx, and never accept what they should refuse.
+//! JSON and CSV verifier, the cookies and period text in queries, each fed arbitrary input and
+//! structured mutations of a real one, must never panic, never answer 5xx, and never accept
+//! what they should refuse.
 //!
 //! `cargo fuzz` needs a nightly toolchain and an instrumented build of every dependency (OpenDP
 //! and OpenSSL included), which this 2-core machine cannot afford; proptest runs on stable,
