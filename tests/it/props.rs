@@ -690,6 +690,66 @@ fn a_valid_tick_with_an_extra_field_or_an_unknown_tag_value_is_refused_and_chang
     );
 }
 
+#[test]
+fn any_idempotency_key_counts_a_tick_at_most_once() {
+    // A fresh supporter per case (the per-supporter cap would otherwise turn every case into a
+    // 429 after 40), a valid tick sent twice with the same arbitrary `Idempotency-Key` bytes.
+    let rt = runtime();
+    let (app, _) = tick_app(&rt);
+    let body = tick_body().to_string().into_bytes();
+    let key = prop_oneof![
+        "[ -~]{0,300}",
+        Just(String::new()),
+        Just(" ".to_string()),
+        Just("0".repeat(256)),
+        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+    ]
+    .prop_map(|k| HeaderValue::from_str(&k).unwrap());
+    let raw = prop::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..64)
+        .prop_map(|b| HeaderValue::from_bytes(&b).unwrap());
+    run(
+        "any_idempotency_key_counts_a_tick_at_most_once",
+        DEFAULT_CASES / 2,
+        prop_oneof![3 => key, 1 => raw],
+        |key| {
+            rt.block_on(async {
+                let sup = app.token("supporter", Some("helse-vestfjord")).await;
+                let auth = HeaderValue::from_str(&format!("Bearer {sup}")).unwrap();
+                let headers = [
+                    ("authorization", auth),
+                    ("content-type", json_type()),
+                    ("idempotency-key", key.clone()),
+                ];
+                let before = app.total("2026-11");
+                let (first, _, a) =
+                    send(&app, "POST", "/api/v1/ticks", &headers, body.clone()).await;
+                let (second, h, b) =
+                    send(&app, "POST", "/api/v1/ticks", &headers, body.clone()).await;
+                tally(format!("{} then {}", first.as_str(), second.as_str()));
+                for (s, body) in [(first, &a), (second, &b)] {
+                    prop_assert!(!s.is_server_error(), "{key:?}: {s}");
+                    if s.is_client_error() {
+                        api_error_shape(s, body)?;
+                    }
+                }
+                let after = app.total("2026-11");
+                if first == StatusCode::CREATED {
+                    prop_assert_eq!(second, StatusCode::CREATED, "{:?}", key);
+                    prop_assert_eq!(
+                        h.get("idempotent-replayed").and_then(|v| v.to_str().ok()),
+                        Some("true")
+                    );
+                    prop_assert_eq!(after, before + 1, "{:?} counted twice", key);
+                } else {
+                    prop_assert_eq!(first, second);
+                    prop_assert_eq!(after, before, "{:?}: refused, yet counted", key);
+                }
+                Ok(())
+            })
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. The JSON and CSV verifier
 
