@@ -92,6 +92,12 @@ pub enum Period {
 }
 
 impl Period {
+    /// The last year a period given as text may be in. The period after one that ends a year
+    /// is in the next year, and every period's end is the next one's start: a period of 9999
+    /// would end in 10000, past the calendar the `time` crate represents, so its end could
+    /// not be computed (a request naming `9999-12` panicked).
+    pub const LAST_YEAR: i32 = 9998;
+
     /// The period of granularity `g` that contains `date`.
     pub fn containing(g: Granularity, date: Date) -> Period {
         match g {
@@ -214,7 +220,10 @@ impl FromStr for Period {
         };
         let year_of = |y: &str| -> Result<i32, String> {
             if y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()) {
-                y.parse().map_err(|_| bad())
+                y.parse()
+                    .ok()
+                    .filter(|y| *y <= Period::LAST_YEAR)
+                    .ok_or_else(bad)
             } else {
                 Err(bad())
             }
@@ -407,9 +416,24 @@ mod tests {
             "2026-11-05",
             "",
             "x",
+            "9999",
+            "9999-12",
+            "9999-W01",
+            "9999-Q1",
         ] {
             let e = s.parse::<Period>().unwrap_err();
             assert!(e.contains("is not a period"), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_last_periods_that_parse_have_an_end_and_a_start() {
+        for s in [
+            "9998", "9998-12", "9998-W52", "9998-Q4", "0000", "0000-01", "0000-W01",
+        ] {
+            let p: Period = s.parse().unwrap();
+            assert!(p.end() > p.start(), "{s}");
+            assert!(p.prev().end() == p.start(), "{s}");
         }
     }
 

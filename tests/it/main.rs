@@ -14,6 +14,7 @@ mod numbers;
 mod openapi;
 mod pages;
 mod policy_edits;
+mod props;
 mod reads;
 mod releases;
 mod review;
