@@ -1286,6 +1286,11 @@ pub async fn get_releases_sig(
         .into_response())
 }
 
+/// The query of a route that takes no parameter: any one given is refused (422).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 /// `GET /api/v1/budget`: the privacy ledger in the caller's scope.
 #[utoipa::path(
     get,
@@ -1294,14 +1299,17 @@ pub async fn get_releases_sig(
     operation_id = "get_budget",
     responses(
         (status = 200, description = "The privacy ledger and what each organisation has spent and has left", body = crate::service::Budget),
+        (status = 400, description = "`invalid_query`: the query is not UTF-8", body = ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
         (status = 403, description = "`wrong_role`", body = ErrorBody),
-        (status = 422, description = "`csrf_token_invalid`", body = ErrorBody),
+        (status = 422, description = "`invalid_query` (this route takes no parameter), `csrf_token_invalid`", body = ErrorBody),
     ),
 )]
 pub async fn get_budget(
     State(svc): State<Service>,
     who: Principal,
+    // No parameter: one given is refused like on every other route, not ignored.
+    AppQuery(NoQuery {}): AppQuery<NoQuery>,
 ) -> Result<Json<crate::service::Budget>, ApiError> {
     let budget = svc.budget_typed(&who)?;
     tracing::info!(token = %who.token_id, role = who.role.as_str(), "ledger read");

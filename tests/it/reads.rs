@@ -622,3 +622,26 @@ async fn csv_pages_link_to_the_next_and_keep_their_columns() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_budget_refuses_a_parameter_it_does_not_take() {
+    let app = crate::helpers::TestApp::new();
+    let (s, v) = app
+        .call(
+            "GET",
+            "/api/v1/budget?period=9999",
+            Some(crate::helpers::ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s.as_u16(), 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_query");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("period"),
+        "{v}"
+    );
+    let (s, _) = app
+        .call("GET", "/api/v1/budget", Some(crate::helpers::ADMIN), None)
+        .await;
+    assert_eq!(s.as_u16(), 200);
+}
