@@ -45,21 +45,33 @@ class Conn:
     def request(self, method, path, body=None, headers=None):
         """Returns (status, headers dict lower-cased, body bytes, seconds); raises OSError or
         http.client.HTTPException when no answer came."""
-        if self.c is None:
-            self.c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         h = dict(headers or {})
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode()
             h.setdefault("Content-Type", "application/json")
         t0 = time.perf_counter()
-        try:
-            self.c.request(method, path, body=body, headers=h)
-            r = self.c.getresponse()
-            data = r.read()
-        except (OSError, http.client.HTTPException):
-            self.c.close()
-            self.c = None
-            raise
+        # A kept-alive connection may have been closed by the server while idle (its idle
+        # timeout): that shows when sending on it, and is retried once on a new connection,
+        # as every HTTP client does. A fresh connection's failure is raised.
+        for attempt in (0, 1):
+            reused = self.c is not None
+            if self.c is None:
+                self.c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self.c.request(method, path, body=body, headers=h)
+                r = self.c.getresponse()
+                data = r.read()
+                break
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                self.c.close()
+                self.c = None
+                if not reused or attempt:
+                    raise
+                t0 = time.perf_counter()
+            except (OSError, http.client.HTTPException):
+                self.c.close()
+                self.c = None
+                raise
         dt = time.perf_counter() - t0
         hdrs = {}
         for k, v in r.getheaders():
@@ -138,6 +150,18 @@ class Stats:
             self.failure_count += 1
             if len(self.failures) < 20:
                 self.failures.append(what)
+
+
+def guarded(stats, target, *args):
+    """A client thread whose crash is a failure of the soak, not a silent loss of load."""
+
+    def run():
+        try:
+            target(*args)
+        except BaseException as e:  # noqa: BLE001 - every crash is reported
+            stats.fail(f"{target.__name__} crashed: {e!r}")
+
+    return threading.Thread(target=run)
 
 
 def pct(xs, p):
@@ -420,17 +444,13 @@ def run(base, state_path, seconds, out_path, period, pid=None, workdir=None, rel
     stop = threading.Event()
     pool = Pool(base, state, stats)
     threads = [
-        threading.Thread(
-            target=tick_worker,
-            args=(base, state, stats, pool, stop, 1000 + i, period, 0.05),
-        )
+        guarded(stats, tick_worker, base, state, stats, pool, stop, 1000 + i, period, 0.05)
         for i in range(TICK_THREADS)
     ]
-    threads.append(threading.Thread(target=flooder, args=(base, state, stats, stop, period)))
+    threads.append(guarded(stats, flooder, base, state, stats, stop, period))
     extra = {}
     if pid:
-        rest = proc_kb(pid, "VmRSS")
-        extra["rss_at_rest_kb"] = rest
+        extra["rss_at_rest_kb"] = proc_kb(pid, "VmRSS")
         admin = {"Authorization": f"Bearer {state['admin']}"}
         researcher = {"Authorization": f"Bearer {state['researcher']}"}
         first_seen = {}
@@ -444,48 +464,31 @@ def run(base, state_path, seconds, out_path, period, pid=None, workdir=None, rel
                     return "a release changed between reads"
             return check
 
-        def same_releases(h, d):
-            ids = json.loads(d)["releases"]
-            return unchanged("release ids")(h, json.dumps(ids).encode())
+        same_ids = unchanged("release ids")
 
-        for org, tok in state["leaders"].items():
-            cookie = sign_in(base, tok)
+        def same_releases(h, d):
+            return same_ids(h, json.dumps(json.loads(d)["releases"]).encode())
+
+        def read(*args):
+            return guarded(stats, reader, base, stats, stop, *args)
+
+        year = released[:4]
+        for tok in state["leaders"].values():
+            cookie = {"Cookie": sign_in(base, tok)}
             auth = {"Authorization": f"Bearer {tok}"}
-            year = released[:4]
             threads += [
-                threading.Thread(
-                    target=reader,
-                    args=(base, stats, stop, "dashboard api", "GET",
-                          f"/api/v1/dashboard?year={year}", auth, 0.5),
-                ),
-                threading.Thread(
-                    target=reader,
-                    args=(base, stats, stop, "dashboard page", "GET",
-                          f"/dashboard?year={year}", {"Cookie": cookie}, 1.0),
-                ),
+                read("dashboard api", "GET", f"/api/v1/dashboard?year={year}", auth, 0.5),
+                read("dashboard page", "GET", f"/dashboard?year={year}", cookie, 1.0),
             ]
         threads += [
-            threading.Thread(
-                target=reader,
-                args=(base, stats, stop, "release (admin, again)", "POST",
-                      f"/api/v1/periods/{released}/release", admin, 5.0, same_releases),
-            ),
-            threading.Thread(
-                target=reader,
-                args=(base, stats, stop, "releases of the period", "GET",
-                      f"/api/v1/releases?period={released}", researcher, 2.0,
-                      unchanged("period")),
-            ),
-            threading.Thread(
-                target=reader,
-                args=(base, stats, stop, "periods", "GET", "/api/v1/periods", admin, 5.0),
-            ),
-            threading.Thread(
-                target=reader,
-                args=(base, stats, stop, "budget", "GET", "/api/v1/budget", researcher, 5.0),
-            ),
-            threading.Thread(target=exporter, args=(base, state, stats, stop, workdir, 1.0)),
-            threading.Thread(target=memory, args=(pid, stats, stop, 2.0)),
+            read("release (admin, again)", "POST", f"/api/v1/periods/{released}/release",
+                 admin, 5.0, same_releases),
+            read("releases of the period", "GET", f"/api/v1/releases?period={released}",
+                 researcher, 2.0, unchanged("period")),
+            read("periods", "GET", "/api/v1/periods", admin, 5.0),
+            read("budget", "GET", "/api/v1/budget", researcher, 5.0),
+            guarded(stats, exporter, base, state, stats, stop, workdir, 1.0),
+            guarded(stats, memory, pid, stats, stop, 2.0),
         ]
     t0 = time.monotonic()
     for t in threads:
