@@ -389,7 +389,7 @@ def exporter(base, state, stats, stop, workdir, pause):
 
 def memory(pid, stats, stop, every):
     """Samples the server's VmRSS (kB) every `every` seconds."""
-    samples = []
+    samples, series, t0 = [], [], time.monotonic()
     while not stop.is_set():
         try:
             for line in open(f"/proc/{pid}/status"):
@@ -398,9 +398,16 @@ def memory(pid, stats, stop, every):
         except OSError:
             stats.fail("memory: the server process is gone")
             break
+        if len(samples) % 15 == 1:
+            # Every 30 s: seconds, VmRSS kB and contacts acknowledged so far, to tell growth
+            # with the stored data from growth with time.
+            with stats.lock:
+                acked = sum(stats.acked.values())
+            series.append([round(time.monotonic() - t0), samples[-1], acked])
         stop.wait(every)
     with stats.lock:
         stats.rss = samples
+        stats.rss_series = series
 
 
 def proc_kb(pid, field):
@@ -512,6 +519,7 @@ def run(base, state_path, seconds, out_path, period, pid=None, workdir=None, rel
         extra["rss_samples"] = len(rss)
         extra["rss_last_kb"] = rss[-1] if rss else None
         extra["hwm_kb"] = proc_kb(pid, "VmHWM")
+        extra["rss_series"] = getattr(stats, "rss_series", [])
         extra["exports"] = getattr(stats, "exports", 0)
         if bound_mb is not None and extra["hwm_kb"] and extra["hwm_kb"] > bound_mb * 1024:
             stats.fail(f"memory: VmHWM {extra['hwm_kb'] // 1024} MB over the bound {bound_mb} MB")

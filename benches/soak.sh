@@ -235,6 +235,12 @@ mb = lambda kb: f"{kb / 1024:.1f} MB" if kb else "?"
 print(f"memory: at rest {mb(d.get('rss_at_rest_kb'))}, VmRSS max under load "
       f"{mb(d.get('rss_max_kb'))} ({d.get('rss_samples')} samples, every 2 s), last "
       f"{mb(d.get('rss_last_kb'))}, VmHWM {mb(d.get('hwm_kb'))} (bound {sys.argv[2]} MB)")
+series = d.get("rss_series") or []
+if len(series) >= 2 and series[-1][2] > series[0][2]:
+    (t0, r0, a0), (t1, r1, a1) = series[0], series[-1]
+    print(f"VmRSS every 30 s (s, MB, contacts): "
+          + ", ".join(f"{t} {r / 1024:.0f} {a}" for t, r, a in series)
+          + f"; {(r1 - r0) * 1024 / (a1 - a0):.0f} bytes per contact acknowledged")
 print(f"exports downloaded (CSV + sig + JSON): {d.get('exports')}; "
       f"startup to /healthz: {sys.argv[3]} ms on a fresh directory, {sys.argv[4]} ms with 11 "
       f"months to release, {sys.argv[5]} ms with October to release")
