@@ -72,7 +72,7 @@ trap 'exit 130' INT TERM
 
 echo "== starting tellestrek on 127.0.0.1:$PORT (data in $WORK/data)"
 TELLESTREK_ADMIN_TOKEN="$ADMIN_TOKEN" TELLESTREK_LOG=warn \
-  target/release/tellestrek serve --data "$WORK/data" --listen "127.0.0.1:$PORT" \
+  "${CARGO_TARGET_DIR:-target}/release/tellestrek" serve --data "$WORK/data" --listen "127.0.0.1:$PORT" \
   --policy benches/load-policy.toml >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 
