@@ -53,7 +53,7 @@ pub struct FollowUpList {
         (status = 401, description = "`missing_token`, `invalid_token`: no valid bearer token or session", body = ErrorBody),
         (status = 403, description = "`wrong_role`, `wrong_org`", body = ErrorBody),
         (status = 404, description = "`token_not_found`: no such `account` to invite to", body = ErrorBody),
-        (status = 422, description = "`missing_field`, `unknown_field`, `duplicate_field`, `invalid_type`, `invalid_role`, `missing_org`, `unexpected_org`, `unexpected_role`, `unknown_org`, `invalid_name`, `csrf_token_invalid`", body = ErrorBody),
+        (status = 422, description = "`missing_field`, `unknown_field`, `duplicate_field`, `invalid_type`, `invalid_role`, `missing_org`, `unexpected_org`, `unexpected_role`, `unknown_org`, `unknown_unit`, `invalid_name`, `csrf_token_invalid`", body = ErrorBody),
         (status = 503, description = "`storage_full`, `storage_unavailable`: not stored", body = ErrorBody),
     ),
 )]

@@ -400,3 +400,35 @@ pub fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+/// Every key, secret and pseudonym a stopped server's data directory holds: the server and
+/// signing keys, and from the raw store the token hashes, pseudonyms (the tail of load keys),
+/// period secrets and idempotency hashes; for scans of logs and metrics.
+pub fn stored_secrets(data: &Path) -> Vec<Vec<u8>> {
+    let store = tellestrek::store::Store::open(data).unwrap();
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for name in ["server_key", "signing_key"] {
+        secrets.extend(store.meta_bytes(name).unwrap());
+    }
+    for (k, v) in store.raw_snapshot().unwrap() {
+        if k.len() >= 32 {
+            secrets.push(k[k.len() - 32..].to_vec());
+        }
+        if v.len() >= 32 {
+            secrets.push(v);
+        }
+    }
+    secrets
+}
+
+/// Every encoding of `bytes` a log line or a metric could carry.
+pub fn encodings(bytes: &[u8]) -> Vec<String> {
+    use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
+    vec![
+        HEXLOWER.encode(bytes),
+        HEXLOWER.encode(bytes).to_uppercase(),
+        BASE64.encode(bytes),
+        BASE64URL_NOPAD.encode(bytes),
+        format!("{bytes:?}"),
+    ]
+}

@@ -12,13 +12,13 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
 use serde_json::{Value, json};
 use tellestrek::metrics::Metrics;
-use tellestrek::store::Store;
 use time::macros::datetime;
 
-use crate::helpers::{ADMIN as APP_ADMIN, Binary, TestApp, client, remote_token, tick_body};
+use crate::helpers::{
+    ADMIN as APP_ADMIN, Binary, TestApp, client, encodings, remote_token, stored_secrets, tick_body,
+};
 
 /// The admin token of these tests (set through `TELLESTREK_ADMIN_TOKEN`, so two runs match).
 const ADMIN: &str = "metrics-test-admin-token-0123456789";
@@ -45,17 +45,6 @@ fn metrics_url(banner: &str) -> String {
     re.captures(banner)
         .unwrap_or_else(|| panic!("no metrics address in the startup line: {banner}"))[1]
         .to_string()
-}
-
-/// Every encoding of `bytes` a line could carry.
-fn encodings(bytes: &[u8]) -> Vec<String> {
-    vec![
-        HEXLOWER.encode(bytes),
-        HEXLOWER.encode(bytes).to_uppercase(),
-        BASE64.encode(bytes),
-        BASE64URL_NOPAD.encode(bytes),
-        format!("{bytes:?}"),
-    ]
 }
 
 /// The metrics text with only the values that measure wall-clock time masked: the sums and
@@ -191,20 +180,7 @@ async fn burst_and_scrape(sent: usize) -> String {
         !all_log.contains('\u{1b}'),
         "colour codes in a log that is not a terminal"
     );
-    let store = Store::open(&data).unwrap();
-    let mut secrets: Vec<Vec<u8>> = Vec::new();
-    for name in ["server_key", "signing_key"] {
-        secrets.extend(store.meta_bytes(name).unwrap());
-    }
-    for (k, v) in store.raw_snapshot().unwrap() {
-        // Token hashes, pseudonyms (the tail of load keys), secrets, idempotency hashes.
-        if k.len() >= 32 {
-            secrets.push(k[k.len() - 32..].to_vec());
-        }
-        if v.len() >= 32 {
-            secrets.push(v);
-        }
-    }
+    let secrets = stored_secrets(&data);
     assert!(secrets.len() > 5);
     let count = regex::Regex::new(&format!(r"\b{sent}\b")).unwrap();
     for (what, out) in [("the metrics", &text), ("the log", &all_log)] {
@@ -234,7 +210,6 @@ async fn burst_and_scrape(sent: usize) -> String {
         );
         assert!(!out.contains("intensiv"), "the burst's unit is in {what}");
     }
-    drop(store);
     text
 }
 

@@ -14,11 +14,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
-use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
 use serde_json::json;
 use tellestrek::store::Store;
 
-use crate::helpers::{Binary, TestApp, client, files, remote_token, tick_body};
+use crate::helpers::{
+    Binary, TestApp, client, encodings, files, remote_token, stored_secrets, tick_body,
+};
 
 /// Starts `serve` at `now` with `args` at the most verbose log level, everything it prints
 /// appended to `log`.
@@ -26,17 +27,6 @@ fn serve(data: &Path, now: &str, args: &[&str], log: &Arc<Mutex<String>>) -> Bin
     let mut cmd = Binary::serve_command(data, None, now);
     cmd.args(args).env("TELLESTREK_LOG", "trace");
     Binary::start(cmd, Some(log.clone()))
-}
-
-/// Every encoding of `bytes` a log line could carry.
-fn encodings(bytes: &[u8]) -> Vec<String> {
-    vec![
-        HEXLOWER.encode(bytes),
-        HEXLOWER.encode(bytes).to_uppercase(),
-        BASE64.encode(bytes),
-        BASE64URL_NOPAD.encode(bytes),
-        format!("{bytes:?}"),
-    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,20 +114,7 @@ async fn the_most_verbose_log_holds_no_secret_count_or_tick_and_files_are_privat
     let log = output.lock().unwrap().clone();
     assert!(log.contains("listening on"), "{log}");
     // Secrets: tokens, and every stored key, secret and pseudonym, in any encoding.
-    let store = Store::open(&data).unwrap();
-    let mut secrets: Vec<Vec<u8>> = Vec::new();
-    for name in ["server_key", "signing_key"] {
-        secrets.extend(store.meta_bytes(name).unwrap());
-    }
-    for (k, v) in store.raw_snapshot().unwrap() {
-        // Token hashes, pseudonyms (the tail of load keys), secrets, idempotency hashes.
-        if k.len() >= 32 {
-            secrets.push(k[k.len() - 32..].to_vec());
-        }
-        if v.len() >= 32 {
-            secrets.push(v);
-        }
-    }
+    let secrets = stored_secrets(&data);
     assert!(secrets.len() > 5);
     for t in &tokens {
         assert!(!log.contains(t.as_str()), "a token is in the log");
