@@ -21,7 +21,7 @@
 //! | `db` `releases` | release id `PERIOD/ORG/MARGINAL` | the release, JSON (noisy values only) |
 //! | `db` `ledger` | release id | the privacy spend of that release, JSON |
 //! | `db` `staged` | release id | a release written with its ledger entry, durable, not yet readable |
-//! | `raw/P` `idem` | HMAC of token id and `Idempotency-Key` under the period secret | contacts the request logged, u32 |
+//! | `raw/P` `idem` | HMAC of token id and `Idempotency-Key` under the period secret (cleared when P closes) | contacts the request logged, u32 |
 //! | `regimes.json` (a file) | | the policy texts and the first period each governs (see `regime`) |
 //!
 //! # Releases are durable before they are readable
@@ -711,6 +711,10 @@ impl Store {
             .filter(|_| state != PeriodState::Open)
         {
             db.handle.db.insert("closed", &[1u8])?;
+            // A closed period takes no tick, so its idempotency records answer nothing any
+            // more: they go now rather than at the purge. This keeps them (and the memory sled
+            // holds for them, about 130 bytes each) to the periods that still take ticks.
+            db.idem.clear()?;
             db.handle.sync()?;
         }
         self.periods.insert(period.to_string(), state.as_str())?;
@@ -1553,6 +1557,31 @@ mod tests {
         let before: Vec<_> = before.into_iter().collect();
         assert_eq!(after, before);
         assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
+    }
+
+    #[test]
+    fn closing_a_period_deletes_its_idempotency_records_and_keeps_its_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let period: Period = "2026-11".parse().unwrap();
+        let w = TickWrite {
+            period,
+            cell: cell("2026-11"),
+            pseudonym: [3; 32],
+            count: 2,
+            cap: 5,
+            idempotency: Some([4; 32]),
+        };
+        assert_eq!(store.apply_tick(&w).unwrap(), TickApplied::Counted);
+        assert_eq!(store.idempotent_answer(period, &[4; 32]).unwrap(), Some(2));
+        store.set_period_state(period, PeriodState::Closed).unwrap();
+        assert_eq!(store.idempotent_answer(period, &[4; 32]).unwrap(), None);
+        assert_eq!(store.cells_of(period).unwrap().len(), 1);
+        // A reopened store finds no record either (the clear is durable).
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.idempotent_answer(period, &[4; 32]).unwrap(), None);
+        assert_eq!(store.cells_of(period).unwrap().len(), 1);
     }
 
     /// A release and its ledger entry for `period`, with no cells (the store does not look).
