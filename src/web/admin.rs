@@ -360,13 +360,25 @@ pub async fn revoke_token(
     ctx: Ctx,
     form: Result<Form<AdminForm>, FormRejection>,
 ) -> Response {
+    revoke(svc, ctx, form, Service::revoke_token, "/admin#tokens").await
+}
+
+/// A revocation form (a token or an invite, by `id`): checked, done off the async threads,
+/// then back to the page's section `back`, or the page with the refusal.
+async fn revoke(
+    svc: Service,
+    ctx: Ctx,
+    form: Result<Form<AdminForm>, FormRejection>,
+    op: fn(&Service, &Principal, &str) -> Result<(), ServiceError>,
+    back: &'static str,
+) -> Response {
     let (session, who, form) = match checked(&svc, &ctx, form) {
         Ok(x) => x,
         Err(r) => return *r,
     };
     let (svc2, who2) = (svc.clone(), who.clone());
-    match tokio::task::spawn_blocking(move || svc2.revoke_token(&who2, &form.id)).await {
-        Ok(Ok(())) => see_other("/admin#tokens", vec![]),
+    match tokio::task::spawn_blocking(move || op(&svc2, &who2, &form.id)).await {
+        Ok(Ok(())) => see_other(back, vec![]),
         Ok(Err(e)) => problem(&svc, &ctx, &session, &who, e).await,
         Err(_) => unavailable(&ctx),
     }
@@ -425,16 +437,7 @@ pub async fn revoke_invite(
     ctx: Ctx,
     form: Result<Form<AdminForm>, FormRejection>,
 ) -> Response {
-    let (session, who, form) = match checked(&svc, &ctx, form) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let (svc2, who2) = (svc.clone(), who.clone());
-    match tokio::task::spawn_blocking(move || svc2.revoke_invite(&who2, &form.id)).await {
-        Ok(Ok(())) => see_other("/admin#invites", vec![]),
-        Ok(Err(e)) => problem(&svc, &ctx, &session, &who, e).await,
-        Err(_) => unavailable(&ctx),
-    }
+    revoke(svc, ctx, form, Service::revoke_invite, "/admin#invites").await
 }
 
 /// `POST /admin/periods/release`: releases a closed period now (admin; idempotent).
