@@ -42,6 +42,28 @@ impl Service {
         }
     }
 
+    /// Why `period` takes no tick now (`None`: it takes them): by the clock (not started, or
+    /// past its grace days), or by its recorded state: a period closed, released or purged
+    /// takes none even in its grace days (a restore from a backup without raw data marks the
+    /// periods that have ended purged; a tick, or a period secret made for a replay, would
+    /// create raw data that is never released nor deleted).
+    pub(crate) fn refuses_ticks(
+        &self,
+        period: Period,
+        today: Date,
+    ) -> Result<Option<String>, ServiceError> {
+        if let Some(why) = self.not_open_reason(period, today) {
+            return Ok(Some(why));
+        }
+        Ok(match self.store.period_state(period)? {
+            Some(PeriodState::Purged) => Some(
+                "it is purged (its raw data was not in the backup this server was restored from), so no tick can be counted in it".to_string(),
+            ),
+            Some(s) if s != PeriodState::Open => Some(format!("it is {}", s.as_str())),
+            _ => None,
+        })
+    }
+
     /// The state of `period` now: recorded, else open or closed by the clock.
     pub fn period_state(&self, period: Period) -> Result<PeriodState, ServiceError> {
         Ok(match self.store.period_state(period)? {

@@ -142,7 +142,7 @@ impl Service {
     ) -> Result<Option<TickAccepted>, ServiceError> {
         let previous = write.period.prev();
         if previous < self.regimes.epoch()
-            || self.not_open_reason(previous, self.clock.today()).is_some()
+            || self.refuses_ticks(previous, self.clock.today())?.is_some()
         {
             return Ok(None);
         }
@@ -250,22 +250,8 @@ impl Service {
                 ),
             });
         }
-        if let Some(why) = self.not_open_reason(period, today) {
+        if let Some(why) = self.refuses_ticks(period, today)? {
             return Err(ServiceError::PeriodNotOpen { period, why });
-        }
-        // A recorded state other than open refuses the tick even in the grace days: a restore
-        // of a backup without raw data marks the periods that have ended purged, and a tick
-        // counted there would be acknowledged, never released, and its raw data never deleted.
-        if let Some(state) = self.store.period_state(period)?
-            && state != PeriodState::Open
-        {
-            return Err(ServiceError::PeriodNotOpen {
-                period,
-                why: match state {
-                    PeriodState::Purged => "it is purged (its raw data was not in the backup this server was restored from), so no tick can be counted in it".to_string(),
-                    other => format!("it is {}", other.as_str()),
-                },
-            });
         }
         let cap = policy.max_ticks_per_supporter_period;
         let secret = self.store.period_secret(period, fresh_secret)?;

@@ -99,6 +99,26 @@ async fn a_period_a_restore_marked_purged_takes_no_tick_in_its_grace_days() {
         !data.join("raw").join("2026-11").exists(),
         "no raw data for a purged period"
     );
+    // A keyed tick for today looks for its key in the previous period (a resend after
+    // midnight): for a purged period it must not make a period secret there either.
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/api/v1/ticks")
+        .header("authorization", format!("Bearer {supporter}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "after-restore-1")
+        .body(axum::body::Body::from(
+            crate::helpers::tick_body().to_string(),
+        ))
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(restored.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(
+        !data.join("raw").join("2026-11").exists(),
+        "the replay lookup made no raw data for the purged period"
+    );
 }
 
 /// A tick sent to a path just beside the tick route (a proxy that adds a slash, a retired
