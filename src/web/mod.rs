@@ -530,7 +530,7 @@ async fn sign_in(
     }
     let result = tokio::task::spawn_blocking(move || svc.sign_in_with_token(&form.token)).await;
     match result {
-        Ok(Ok(session)) => see_other("/", vec![session_cookie(&ctx, &session)]),
+        Ok(Ok(session)) => see_other("/", session_cookies(&ctx, &session)),
         Ok(Err(ServiceError::InvalidToken | ServiceError::MissingToken)) => {
             sign_in_page(&ctx, StatusCode::UNAUTHORIZED, true)
         }
@@ -538,8 +538,15 @@ async fn sign_in(
     }
 }
 
-fn session_cookie(ctx: &Ctx, s: &crate::service::NewSession) -> HeaderValue {
-    ctx.cookie(SESSION_COOKIE, s.secret.clone(), i64::from(s.days))
+/// The cookies of a new session: the session's, and the unit its invite named (kept on the
+/// device for the tick page, as long as the session).
+fn session_cookies(ctx: &Ctx, s: &crate::service::NewSession) -> Vec<HeaderValue> {
+    let days = i64::from(s.days);
+    let mut set = vec![ctx.cookie(SESSION_COOKIE, s.secret.clone(), days)];
+    if let Some(unit) = &s.unit {
+        set.push(ctx.cookie(UNIT_COOKIE, unit.clone(), days));
+    }
+    set
 }
 
 /// `GET /invite/{secret}`: a page with one button that signs this device in. Opening the link
@@ -595,13 +602,7 @@ async fn invite_redeem(
     }
     let result = tokio::task::spawn_blocking(move || svc.redeem_invite(&form.secret)).await;
     match result {
-        Ok(Ok(session)) => {
-            let mut set = vec![session_cookie(&ctx, &session)];
-            if let Some(unit) = &session.unit {
-                set.push(ctx.cookie(UNIT_COOKIE, unit.clone(), i64::from(session.days)));
-            }
-            see_other("/", set)
-        }
+        Ok(Ok(session)) => see_other("/", session_cookies(&ctx, &session)),
         Ok(Err(ServiceError::InviteNotValid)) => {
             message(&ctx, StatusCode::GONE, "error-title", "invite-invalid")
         }
