@@ -395,7 +395,10 @@ pub fn draw_batch(
                 noisy[i] = v;
             }
         }
-        let sensitive: Vec<bool> = (0..dom.len()).map(|i| sens_idx.contains(&i)).collect();
+        let mut sensitive = vec![false; dom.len()];
+        for &i in &sens_idx {
+            sensitive[i] = true;
+        }
         let cal_of = |i: usize| {
             if sensitive[i] {
                 sens_cal.as_ref().unwrap_or(&cal)
