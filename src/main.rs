@@ -332,6 +332,13 @@ fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
     })
 }
 
+/// jemalloc, not the system allocator: the release job opens a period's raw database, which
+/// sled reads into memory, and closes it again; glibc's malloc kept those pages (a start that
+/// released and purged a 207 MB month stayed at 238 MB resident with nothing open), while
+/// jemalloc hands freed pages back to the system within seconds.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Everything this process creates (the data directory, its files, token files) is for the
     // service's user alone: directories 0700, files 0600.
