@@ -4,8 +4,11 @@
 //! trace log prints keys and values (raw cells, pseudonyms, secrets), and hyper's and tower's
 //! would print every request's arrival, which for the tick route is the moment a contact was
 //! logged. So a bare level in the operator's filter applies to `tellestrek` alone, and every
-//! other crate stays at `warn` unless the operator names it explicitly (`sled=debug`), a choice
-//! that is then theirs to make on a test system, never the default effect of "more logging".
+//! other crate stays at `warn`. A directive may make another crate quieter (`sled=off`,
+//! `hyper=error`) but never louder than `warn`: `sled=debug`, a bare target (`sled`, which
+//! means `trace`) or a span filter without a target (`[tick]=trace`, which matches every
+//! crate) is refused at start with a message that names it, at every setting and on every
+//! system, test systems included.
 //!
 //! The format is human-readable text by default, without colour codes unless standard error is
 //! a terminal (the journal and log files get plain text), or one JSON object per line with
@@ -82,10 +85,15 @@ const OWN_TARGET: &str = "tellestrek";
 /// The levels `tracing` knows, which a bare directive may name.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
+/// The levels another crate may be set to: quieter than or as quiet as its default.
+const DEPENDENCY_LEVELS: [&str; 3] = ["off", "error", "warn"];
+
 /// Turns the operator's filter into the one in force: each bare level (`debug`) becomes
-/// `tellestrek=debug`; directives that name a target (`sled=debug`, `tellestrek::store=trace`)
-/// are kept as written; dependencies default to `warn`, this crate to `info`.
-pub fn filter_directives(spec: Option<&str>) -> String {
+/// `tellestrek=debug`; directives for this crate (`tellestrek::store=trace`) and directives
+/// that quiet another crate (`sled=off`) are kept as written; dependencies default to `warn`,
+/// this crate to `info`. A directive that would make another crate log more than `warn` is
+/// refused: the error names it.
+pub fn filter_directives(spec: Option<&str>) -> Result<String, String> {
     let mut out = vec![DEPENDENCY_LEVEL.to_string(), format!("{OWN_TARGET}=info")];
     for d in spec
         .unwrap_or_default()
@@ -93,19 +101,44 @@ pub fn filter_directives(spec: Option<&str>) -> String {
         .map(str::trim)
         .filter(|d| !d.is_empty())
     {
-        if LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
-            out.push(format!("{OWN_TARGET}={}", d.to_ascii_lowercase()));
-        } else {
-            out.push(d.to_string());
+        let lower = d.to_ascii_lowercase();
+        if LEVELS.contains(&lower.as_str()) {
+            out.push(format!("{OWN_TARGET}={lower}"));
+            continue;
         }
+        // `target[span{field}]=level`: the target is what comes before `[` or `=`.
+        let target = d.split(['[', '=']).next().unwrap_or_default().trim();
+        let ours = target == OWN_TARGET || target.starts_with(&format!("{OWN_TARGET}::"));
+        let level = d
+            .rsplit_once('=')
+            .map(|(_, l)| l.trim().to_ascii_lowercase());
+        let quieter = !target.is_empty()
+            && level
+                .as_deref()
+                .is_some_and(|l| DEPENDENCY_LEVELS.contains(&l));
+        if !(ours || quieter) {
+            return Err(format!(
+                "{LOG_ENV}: `{d}` would let {} log above warn; the log filter reaches \
+                 tellestrek only (write a level such as `debug`, or `tellestrek::store=trace`), \
+                 because other crates' debug output can print raw cells, keys and the moment \
+                 of a tick; another crate can only be made quieter (`sled=off`)",
+                if target.is_empty() {
+                    "every crate".to_string()
+                } else {
+                    format!("`{target}`")
+                }
+            ));
+        }
+        out.push(d.to_string());
     }
-    out.join(",")
+    Ok(out.join(","))
 }
 
-/// The filter in force for the given operator setting; an unparsable setting is an error that
-/// names it, so a typo never silently changes what is logged.
+/// The filter in force for the given operator setting; an unparsable setting, or one that
+/// would make a dependency log above `warn`, is an error that names it, so a typo never
+/// silently changes what is logged.
 pub fn filter(spec: Option<&str>) -> Result<EnvFilter, String> {
-    let directives = filter_directives(spec);
+    let directives = filter_directives(spec)?;
     EnvFilter::builder().parse(&directives).map_err(|e| {
         format!(
             "{LOG_ENV}: `{}` is not a log filter: {e}",
@@ -121,16 +154,40 @@ mod tests {
     #[test]
     fn a_bare_level_reaches_this_crate_only() {
         assert_eq!(
-            filter_directives(Some("trace")),
+            filter_directives(Some("trace")).unwrap(),
             "warn,tellestrek=info,tellestrek=trace"
         );
-        assert_eq!(filter_directives(None), "warn,tellestrek=info");
+        assert_eq!(filter_directives(None).unwrap(), "warn,tellestrek=info");
         assert_eq!(
-            filter_directives(Some("DEBUG, sled=info")),
-            "warn,tellestrek=info,tellestrek=debug,sled=info"
+            filter_directives(Some("DEBUG, sled=off, hyper=Error, tower=warn")).unwrap(),
+            "warn,tellestrek=info,tellestrek=debug,sled=off,hyper=Error,tower=warn"
+        );
+        assert_eq!(
+            filter_directives(Some("tellestrek::store=trace,tellestrek[lifecycle]=debug")).unwrap(),
+            "warn,tellestrek=info,tellestrek::store=trace,tellestrek[lifecycle]=debug"
         );
         assert!(filter(Some("trace")).is_ok());
         assert!(filter(Some("tellestrek=[")).is_err());
+    }
+
+    #[test]
+    fn no_setting_makes_another_crate_log_above_warn() {
+        for spec in [
+            "sled=debug",
+            "sled=info",
+            "sled",
+            "hyper=TRACE",
+            "debug,tower_http=debug",
+            "[tick]=trace",
+            "[{count}]=debug",
+            "=debug",
+            "tellestrekx=debug",
+            "sled=",
+        ] {
+            let e = filter(Some(spec)).expect_err(spec);
+            assert!(e.starts_with("TELLESTREK_LOG: `"), "{spec}: {e}");
+            assert!(e.contains("tellestrek only"), "{spec}: {e}");
+        }
     }
 
     #[test]

@@ -37,7 +37,9 @@ Environment (besides the [env: ...] of each option):
                           data directory is empty; default: a random one, printed once
   TELLESTREK_NOW          a fixed instant (RFC 3339, e.g. 2026-11-23T10:00:00Z) instead of the
                           system clock, for demos and tests; default: the system clock
-  TELLESTREK_LOG          log filter in tracing's syntax (e.g. warn, info); default: info
+  TELLESTREK_LOG          this service's log level (warn, info, debug, trace) or a module's
+                          (tellestrek::store=trace); other crates stay at warn and can only
+                          be made quieter (sled=off); default: info
 
 Start: tellestrek policy init policy.toml   (then edit it, and check it with `policy check`)
        tellestrek serve --policy policy.toml --data ./tellestrek-data --listen 8080";

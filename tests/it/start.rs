@@ -149,6 +149,42 @@ fn serve_help_shows_each_variable_and_default() {
     }
 }
 
+#[test]
+fn a_log_setting_that_would_make_a_dependency_talk_stops_the_start() {
+    // sled's trace output prints raw cells and keys; hyper's, the moment of every tick.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        tellestrek::policy::DEFAULT_POLICY,
+    )
+    .unwrap();
+    for spec in ["sled=debug", "trace,hyper=trace", "[tick]=trace"] {
+        let tmp = binary_tmp();
+        let out = Command::new(env!("CARGO_BIN_EXE_tellestrek"))
+            .args(["serve", "--policy", "policy.toml", "--data", "data"])
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env_remove("TELLESTREK_ADMIN_TOKEN")
+            .env("TELLESTREK_LOG", spec)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{spec} started");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "TELLESTREK_LOG: `{}`",
+                spec.rsplit(',').next().unwrap()
+            )) && err.contains("tellestrek only"),
+            "{spec}: {err}"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{spec} made the data directory"
+        );
+    }
+}
+
 #[tokio::test]
 async fn listen_takes_a_port_alone_and_host_names() {
     // The parser has a unit test per form; here the real binary starts with two of them.
