@@ -993,6 +993,35 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the raw database of `period` if it is open, after flushing it; the next use opens
+    /// it again. sled holds about a database's size on disk in memory while it is open, so a
+    /// period that takes no more ticks is closed between the jobs that read it (its releases,
+    /// a quarter's, a year's, the purge) rather than kept open until its purge. Never for a
+    /// period that may still take a tick: a write in flight on the closed handle would not be
+    /// the one the next flush makes durable.
+    pub fn close_raw(&self, period: Period) -> Result<(), StoreError> {
+        let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self
+            .raw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&period);
+        if let Some(db) = db {
+            db.handle.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The periods whose raw database is open now.
+    pub fn open_raw_periods(&self) -> Vec<Period> {
+        self.raw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// A value in `meta`, as stored.
     pub fn meta_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(name)?.map(|v| v.to_vec()))

@@ -209,6 +209,15 @@ impl Service {
             })();
             note(r);
         }
+        // A period past its last tick day is read again only by this job (a quarter's or a
+        // year's release) and the purge: its database is closed, so its memory is not held
+        // for the months until its purge. A full day later, so no tick let in before the
+        // deadline can still be writing to it.
+        for b in self.store.open_raw_periods() {
+            if today > self.last_tick_day(b) + time::Duration::days(1) {
+                note(self.store.close_raw(b).map_err(Into::into));
+            }
+        }
         note(self.store.flush().map_err(Into::into));
         if let Some(e) = failure {
             return Err(e);

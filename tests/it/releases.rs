@@ -194,6 +194,48 @@ async fn with_zero_noise_releases_count_exactly_over_the_full_domain() {
 }
 
 #[tokio::test]
+async fn a_closed_periods_database_is_closed_after_the_job_and_reopened_for_the_year() {
+    let app = TestApp::zero_noise();
+    let store = app.svc.store();
+    let month = |p: &str| p.parse::<tellestrek::domain::Period>().unwrap();
+    let a = app.token("supporter", Some("helse-vestfjord")).await;
+    app.tick(&a, "helse-vestfjord", "akuttmottak", &[], 3).await;
+    assert!(store.open_raw_periods().contains(&month("2026-11")));
+    // December 15: November's last tick day (6 December) is more than a day past.
+    app.at(datetime!(2026-12-15 09:00 UTC));
+    let report = app.svc.run_lifecycle().await.unwrap();
+    assert!(
+        report
+            .drawn
+            .iter()
+            .any(|id| id == "2026-11/helse-vestfjord/total")
+    );
+    let open = store.open_raw_periods();
+    assert!(!open.contains(&month("2026-11")), "{open:?}");
+    assert!(open.contains(&month("2026-12")), "{open:?}");
+    app.tick(&a, "helse-vestfjord", "akuttmottak", &[], 2).await;
+    // The quarter and the year read November again, from its reopened database.
+    app.at(AFTER_YEAR);
+    app.svc.run_lifecycle().await.unwrap();
+    let all = by_id(&store.releases("").unwrap());
+    assert_eq!(
+        estimate(&all["2026-Q4/helse-vestfjord/unit"], "unit", "akuttmottak"),
+        5
+    );
+    assert_eq!(all["2026-11/helse-vestfjord/total"].total_estimate, 3);
+    let open = store.open_raw_periods();
+    assert!(
+        !open.contains(&month("2026-11")) && !open.contains(&month("2026-12")),
+        "{open:?}"
+    );
+    // And again: the job that purges them opens nothing it does not close.
+    app.at(datetime!(2027-03-01 09:00 UTC));
+    let report = app.svc.run_lifecycle().await.unwrap();
+    assert!(report.purged.contains(&month("2026-11")), "{report:?}");
+    assert!(!store.open_raw_periods().contains(&month("2026-12")));
+}
+
+#[tokio::test]
 async fn with_real_noise_estimates_are_consistent_non_negative_integers() {
     let app = TestApp::new();
     history(&app).await;
