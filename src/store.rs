@@ -226,7 +226,8 @@ pub struct Store {
     releases_by_org: sled::Tree,
     /// Index of `releases` by period start, then organisation.
     releases_by_time: sled::Tree,
-    /// Open period databases; a period's is opened on first use and closed when purged.
+    /// Open period databases; a period's is opened on first use and closed by the lifecycle
+    /// job once the period takes no more ticks ([`Store::close_raw`]) or when it is purged.
     raw: Arc<Mutex<BTreeMap<Period, PeriodDb>>>,
     flusher: mpsc::Sender<Waiter>,
     /// Whether writes are possible: `Full` while the disk is short of the reserve; `Failed` after
