@@ -6,9 +6,10 @@
 //! logged. So a bare level in the operator's filter applies to `tellestrek` alone, and every
 //! other crate stays at `warn`. A directive may make another crate quieter (`sled=off`,
 //! `hyper=error`) but never louder than `warn`: `sled=debug`, a bare target (`sled`, which
-//! means `trace`) or a span filter without a target (`[tick]=trace`, which matches every
-//! crate) is refused at start with a message that names it, at every setting and on every
-//! system, test systems included.
+//! means `trace`) or any span filter (`[tick]=trace`, `tellestrek[job]=trace`: a span filter
+//! enables every event inside the span, whatever crate it comes from) is refused at start
+//! with a message that names it, at every setting and on every system, test systems
+//! included.
 //!
 //! The format is human-readable text by default, without colour codes unless standard error is
 //! a terminal (the journal and log files get plain text), or one JSON object per line with
@@ -106,8 +107,17 @@ pub fn filter_directives(spec: Option<&str>) -> Result<String, String> {
             out.push(format!("{OWN_TARGET}={lower}"));
             continue;
         }
-        // `target[span{field}]=level`: the target is what comes before `[` or `=`.
-        let target = d.split(['[', '=']).next().unwrap_or_default().trim();
+        // A span filter (`tellestrek[job]=trace`) enables every event inside a matching span,
+        // whatever crate the event comes from: refused, like any other way to reach past
+        // this crate. The target is what comes before `=`.
+        if d.contains(['[', ']', '{', '}']) {
+            return Err(format!(
+                "{LOG_ENV}: `{d}` is a span filter, which would let other crates log inside the \
+                 span; the log filter reaches tellestrek only (write a level such as `debug`, \
+                 or `tellestrek::store=trace`)"
+            ));
+        }
+        let target = d.split('=').next().unwrap_or_default().trim();
         let ours = target == OWN_TARGET || target.starts_with(&format!("{OWN_TARGET}::"));
         let level = d
             .rsplit_once('=')
@@ -163,8 +173,8 @@ mod tests {
             "warn,tellestrek=info,tellestrek=debug,sled=off,hyper=Error,tower=warn"
         );
         assert_eq!(
-            filter_directives(Some("tellestrek::store=trace,tellestrek[lifecycle]=debug")).unwrap(),
-            "warn,tellestrek=info,tellestrek::store=trace,tellestrek[lifecycle]=debug"
+            filter_directives(Some("tellestrek::store=trace,tellestrek::dp=debug")).unwrap(),
+            "warn,tellestrek=info,tellestrek::store=trace,tellestrek::dp=debug"
         );
         assert!(filter(Some("trace")).is_ok());
         assert!(filter(Some("tellestrek=[")).is_err());
@@ -183,6 +193,8 @@ mod tests {
             "=debug",
             "tellestrekx=debug",
             "sled=",
+            "tellestrek[lifecycle]=trace",
+            "tellestrek[{period}]=debug",
         ] {
             let e = filter(Some(spec)).expect_err(spec);
             assert!(e.starts_with("TELLESTREK_LOG: `"), "{spec}: {e}");
