@@ -152,6 +152,29 @@ struct Handle {
     log: Arc<File>,
 }
 
+/// How long [`open_retrying`] waits for another handle's file lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `config.open()`, tried again while sled reports its file lock taken, for up to
+/// [`LOCK_WAIT`]. A database closed by [`Store::close_raw`] is reopened by the next job or
+/// backup; sled 0.34 can keep the lock for a moment after its last handle is dropped (its
+/// maintainers: "do not rapidly open and close"), and that moment must not fail a release.
+/// A lock that stays taken (a second server on the same directory) is still an error.
+fn open_retrying(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 impl Handle {
     fn open(dir: PathBuf, cache_bytes: Option<u64>) -> Result<Handle, StoreError> {
         let mut config = sled::Config::new()
@@ -162,7 +185,7 @@ impl Handle {
         if let Some(bytes) = cache_bytes {
             config = config.cache_capacity(bytes);
         }
-        let db = config.open()?;
+        let db = open_retrying(&config)?;
         // The directory entries of a new database must survive a power loss too.
         if let Some(parent) = dir.parent() {
             File::open(parent)?.sync_all()?;
@@ -997,7 +1020,8 @@ impl Store {
     /// Closes the raw database of `period` if it is open, after flushing it; the next use opens
     /// it again. sled holds about a database's size on disk in memory while it is open, so a
     /// period that takes no more ticks is closed between the jobs that read it (its releases,
-    /// a quarter's, a year's, the purge) rather than kept open until its purge. Never for a
+    /// a quarter's, a year's, a backup with raw data) rather than kept open until its purge.
+    /// Never for a
     /// period that may still take a tick: a write in flight on the closed handle would not be
     /// the one the next flush makes durable.
     pub fn close_raw(&self, period: Period) -> Result<(), StoreError> {

@@ -210,9 +210,10 @@ impl Service {
             note(r);
         }
         // A period past its last tick day is read again only by this job (a quarter's or a
-        // year's release) and the purge: its database is closed, so its memory is not held
-        // for the months until its purge. A full day later, so no tick let in before the
-        // deadline can still be writing to it.
+        // year's release, which opens every period it covers) and by a backup with raw data:
+        // its database is closed at the end of each job, so its memory is not held for the
+        // months until its purge. A full day later, so no tick let in before the deadline can
+        // still be writing to it.
         for b in self.store.open_raw_periods() {
             if today > self.last_tick_day(b) + time::Duration::days(1) {
                 note(self.store.close_raw(b).map_err(Into::into));
@@ -294,6 +295,11 @@ impl Service {
     pub(crate) fn draw_and_commit(&self, batch: &Batch<'_>) -> Result<Vec<String>, ServiceError> {
         let p = batch.policy;
         let org = batch.org;
+        // The budget is checked before any noise is drawn, with the spends OpenDP's map gives,
+        // and before any raw data is read: a refused batch, due again at every run until its
+        // periods are purged, opens none of their databases.
+        let ledger = self.store.ledger()?;
+        self.check_budget(&ledger, batch)?;
         let mut raw = Vec::new();
         let mut supporters = Vec::new();
         for b in &batch.covers {
@@ -330,9 +336,6 @@ impl Service {
                     }),
             );
         }
-        // The budget is checked before any noise is drawn, with the spends OpenDP's map gives.
-        let ledger = self.store.ledger()?;
-        self.check_budget(&ledger, batch)?;
         let input = BatchInput {
             policy: p,
             org,
