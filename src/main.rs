@@ -337,7 +337,8 @@ fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
 /// jemalloc, not the system allocator: the release job opens a period's raw database, which
 /// sled reads into memory, and closes it again; glibc's malloc kept those pages (a start that
 /// released and purged a 207 MB month stayed at 238 MB resident with nothing open), while
-/// jemalloc hands freed pages back to the system within seconds.
+/// jemalloc, with its background thread (feature `background_threads`), hands freed pages
+/// back to the system within seconds, also when the service is idle.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
