@@ -996,15 +996,7 @@ impl Store {
     /// disk, and records the period as purged. Releases are kept.
     pub fn purge(&self, period: Period) -> Result<(), StoreError> {
         let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
-        let db = self
-            .raw
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&period);
-        if let Some(db) = db {
-            db.handle.db.flush()?;
-            drop(db);
-        }
+        self.take_raw(period)?;
         let path = self.raw_path(period);
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
@@ -1021,11 +1013,16 @@ impl Store {
     /// it again. sled holds about a database's size on disk in memory while it is open, so a
     /// period that takes no more ticks is closed between the jobs that read it (its releases,
     /// a quarter's, a year's, a backup with raw data) rather than kept open until its purge.
-    /// Never for a
-    /// period that may still take a tick: a write in flight on the closed handle would not be
-    /// the one the next flush makes durable.
+    /// Never for a period that may still take a tick: a write in flight on the closed handle
+    /// would not be the one the next flush makes durable.
     pub fn close_raw(&self, period: Period) -> Result<(), StoreError> {
         let _gate = self.snapshot_gate.read().unwrap_or_else(|p| p.into_inner());
+        self.take_raw(period)
+    }
+
+    /// Removes `period`'s database from the open ones and flushes it; it closes when this
+    /// last handle drops. The caller holds the snapshot gate.
+    fn take_raw(&self, period: Period) -> Result<(), StoreError> {
         let db = self
             .raw
             .lock()
