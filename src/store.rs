@@ -1545,6 +1545,31 @@ pub fn is_locked(e: &StoreError) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_database_opens_once_its_lock_is_released_and_not_while_it_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sled::Config::new()
+            .path(dir.path().join("db"))
+            .flush_every_ms(None);
+        let first = config.open().unwrap();
+        // Released 300 ms into the second open's wait: the second open succeeds.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = open_retrying(&config).expect("opens once the lock is released");
+        release.join().unwrap();
+        // Held for good (a second server on the directory): refused after the wait.
+        let started = std::time::Instant::now();
+        let third = open_retrying(&config).map(|_| ());
+        assert!(
+            matches!(&third, Err(e) if e.to_string().contains("could not acquire lock")),
+            "{third:?}"
+        );
+        assert!(started.elapsed() >= LOCK_WAIT);
+        drop(second);
+    }
+
     fn cell(period: &str) -> CellKey {
         CellKey {
             period: period.parse().unwrap(),
