@@ -380,8 +380,12 @@ pub fn draw_batch(
             spend,
         } = calibrate_marginal(p, m, &dom)?;
         // Noise for ordinary and sensitive cells is drawn separately, each at its own scale.
+        let sensitive: Vec<bool> = dom
+            .iter()
+            .map(|c| c.sensitive && sens_cal.is_some())
+            .collect();
         let (plain_idx, sens_idx): (Vec<usize>, Vec<usize>) =
-            (0..dom.len()).partition(|&i| !(dom[i].sensitive && sens_cal.is_some()));
+            (0..dom.len()).partition(|&i| !sensitive[i]);
         let mut noisy = vec![0i64; dom.len()];
         for (idx, c) in [
             (&plain_idx, &cal),
@@ -395,30 +399,21 @@ pub fn draw_batch(
                 noisy[i] = v;
             }
         }
-        let mut sensitive = vec![false; dom.len()];
-        for &i in &sens_idx {
-            sensitive[i] = true;
-        }
-        let cal_of = |i: usize| {
-            if sensitive[i] {
-                sens_cal.as_ref().unwrap_or(&cal)
-            } else {
-                &cal
-            }
-        };
-        let var = (0..dom.len()).map(|i| cal_of(i).variance).collect();
-        let half = (0..dom.len()).map(|i| cal_of(i).ci_half_width).collect();
-        drawn.push(Drawn {
+        let mut d = Drawn {
             m,
             dom,
             noisy,
-            var,
-            half,
+            var: Vec::new(),
+            half: Vec::new(),
             sensitive,
             cal,
             sens_cal,
             spend,
-        });
+        };
+        let cells = 0..d.dom.len();
+        d.var = cells.clone().map(|i| d.cal_of(i).variance).collect();
+        d.half = cells.map(|i| d.cal_of(i).ci_half_width).collect();
+        drawn.push(d);
     }
 
     // Step 1: one total for the organisation-period.
